@@ -1,0 +1,1 @@
+"""Offline indexing pipeline: scan, load, encode, store."""

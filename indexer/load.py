@@ -1,0 +1,271 @@
+"""Decode image files into RGB :class:`PIL.Image.Image` objects, with reasons for failures.
+
+:func:`load_image` turns every way a file can be unusable (missing, empty, not an image,
+truncated, too large, unreadable) into an :class:`~mmsearch.errors.InputError` with a short
+human reason, so a run can skip the file, count it and go on. :func:`load_many` decodes in
+a thread pool (Pillow releases the GIL while decoding) and yields results in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mmsearch.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Images with more pixels than this (width × height, from the header) are refused."""
+
+_EXIF_ORIENTATION = 0x0112
+_ROTATING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # transposes that swap width and height
+_ALPHA_MODES = frozenset({"LA", "PA", "RGBA", "RGBa"})
+_HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+_WHITE = (255, 255, 255, 255)
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image, ready for an encoder's preprocessing."""
+
+    path: str
+    image: Image.Image  # mode RGB, EXIF orientation applied (maybe reduced by draft_size)
+    width: int  # of the oriented full-resolution image
+    height: int
+
+
+_Result = tuple[LoadedImage | None, Any, InputError | None]  # what a worker returns
+
+
+def load_image(
+    path: str | os.PathLike,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+) -> LoadedImage:
+    """Decode an image file to RGB with its EXIF orientation applied.
+
+    Transparent images are composited on white; 16-bit and float images have their actual
+    value range scaled to 0-255.
+
+    Args:
+        path: The image file.
+        max_pixels: Refuse images with more pixels than this (checked on the header,
+            before decoding). Pillow's own decompression-bomb error (at twice
+            ``Image.MAX_IMAGE_PIXELS``) is reported the same way.
+        draft_size: For JPEG, let the decoder downscale by 2, 4 or 8 while both sides stay
+            at least this large: much faster for big photos. ``width``/``height`` still
+            describe the full-resolution image.
+
+    Returns:
+        The decoded image and its full-resolution oriented size.
+
+    Raises:
+        InputError: The file is missing, unreadable, empty, not an image, corrupt or
+            truncated, or too large; ``reason`` says which.
+    """
+    path = os.fspath(path)
+    _check_file(path)
+    try:
+        with open(path, "rb") as fp:
+            img = _open(path, fp)
+            with img:
+                return _decode(path, img, max_pixels, draft_size)
+    except OSError as exc:  # open() failed; decoding errors are InputErrors already
+        raise InputError(path, _os_reason(exc)) from exc
+
+
+def load_many(
+    paths: Sequence[str],
+    transform: Callable[[Image.Image], Any] | None = None,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+    prefetch: int = 64,
+) -> Iterator[tuple[str, LoadedImage | None, Any, InputError | None]]:
+    """Load images in a thread pool and yield them in input order.
+
+    At most ``prefetch`` images are decoded ahead of the consumer, which bounds memory.
+    Closing the generator early cancels what is queued and shuts the pool down.
+
+    Args:
+        paths: Image files.
+        transform: Applied to each decoded image in the worker (e.g. an encoder's
+            preprocessing); an exception it raises becomes an InputError for that path.
+        workers: Threads; defaults to ``min(8, os.cpu_count())``.
+        max_pixels: See :func:`load_image`.
+        draft_size: See :func:`load_image`.
+        prefetch: Most images in flight at once (at least 1).
+
+    Yields:
+        ``(path, loaded, transformed, error)``: ``loaded`` (and ``transformed`` when a
+        transform is given) on success, else ``error``; ``transformed`` is None without a
+        transform.
+
+    Raises:
+        ValueError: ``workers`` or ``prefetch`` is less than 1.
+    """
+    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    if workers < 1 or prefetch < 1:
+        raise ValueError(f"workers and prefetch must be >= 1, got {workers} and {prefetch}")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmsearch-load")
+    pending: deque[tuple[str, Future[_Result]]] = deque()
+    todo = iter(paths)
+
+    def submit(p: str) -> None:
+        pending.append((p, pool.submit(_load_one, p, transform, max_pixels, draft_size)))
+
+    try:
+        for p in islice(todo, prefetch):
+            submit(p)
+        while pending:
+            path, future = pending.popleft()
+            result = future.result()
+            for p in islice(todo, 1):  # refill before yielding so workers stay busy
+                submit(p)
+            yield (path, *result)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _load_one(
+    path: str,
+    transform: Callable[[Image.Image], Any] | None,
+    max_pixels: int,
+    draft_size: int | None,
+) -> _Result:
+    """Worker body: load one image and transform it, turning failures into an InputError."""
+    try:
+        loaded = load_image(path, max_pixels=max_pixels, draft_size=draft_size)
+    except InputError as exc:
+        logger.debug("skipping %s", exc)
+        return None, None, exc
+    if transform is None:
+        return loaded, None, None
+    try:
+        return loaded, transform(loaded.image), None
+    except Exception as exc:  # a bad image must not abort the run
+        logger.debug("transform failed for %s", path, exc_info=True)
+        return None, None, InputError(path, f"transform failed: {exc}")
+
+
+def _check_file(path: str) -> None:
+    """Raise for a missing, non-regular or empty file (cheap, before opening it)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InputError(path, _os_reason(exc)) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(path, "not a regular file")
+    if st.st_size == 0:
+        raise InputError(path, "empty file")
+
+
+def _open(path: str, fp: Any) -> Image.Image:
+    """Identify the format and read the header."""
+    try:
+        return Image.open(fp)
+    except UnidentifiedImageError as exc:
+        raise InputError(path, "not an image (cannot identify format)") from exc
+    except Image.DecompressionBombError as exc:
+        raise InputError(path, _bomb_reason(exc)) from exc
+    except Exception as exc:  # Pillow plugins raise many types on malformed headers
+        raise InputError(path, f"corrupt or truncated image: {exc}") from exc
+
+
+def _decode(path: str, img: Image.Image, max_pixels: int, draft_size: int | None) -> LoadedImage:
+    """Check the size, decode fully, orient and convert to RGB."""
+    width, height = img.size
+    if width * height > max_pixels:
+        raise InputError(
+            path, f"too large: {width}×{height} pixels exceeds the limit of {max_pixels}"
+        )
+    if _orientation(img) in _ROTATING_ORIENTATIONS:
+        width, height = height, width
+    if draft_size and img.format == "JPEG":
+        img.draft("RGB", (draft_size, draft_size))
+    try:
+        img.load()  # full decode here, so that truncation is caught here
+        rgb = _to_rgb(_oriented(path, img))
+    except Image.DecompressionBombError as exc:
+        raise InputError(path, _bomb_reason(exc)) from exc
+    except Exception as exc:  # OSError (truncated), SyntaxError, ValueError, ...
+        raise InputError(path, f"corrupt or truncated image: {exc}") from exc
+    if not draft_size:
+        width, height = rgb.size
+    return LoadedImage(path=path, image=rgb, width=width, height=height)
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 when absent or unreadable)."""
+    try:
+        return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # malformed EXIF is not a reason to refuse the image
+        return 1
+
+
+def _oriented(path: str, img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; keep the image as stored when the EXIF is malformed."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:  # malformed EXIF is not a reason to refuse the image
+        logger.warning("%s: ignoring unreadable EXIF orientation: %s", path, exc)
+        return img.copy()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB without losing the picture."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode in _HIGH_DEPTH_MODES:
+        img = _scale_to_8bit(img)
+    if img.mode in _ALPHA_MODES:
+        background = Image.new("RGBA", img.size, _WHITE)
+        return Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
+
+
+def _scale_to_8bit(img: Image.Image) -> Image.Image:
+    """Map the actual value range of an I/I;16/F image onto 0-255 (mode L)."""
+    img = img.convert("F") if img.mode == "F" else img.convert("I").convert("F")
+    low, high = img.getextrema()
+    if high > low:
+        scale = 255.0 / (high - low)
+        img = img.point(lambda v: v * scale - low * scale)
+    else:  # flat image: black when zero or less, white otherwise
+        img = Image.new("F", img.size, 0.0 if high <= 0 else 255.0)
+    return img.convert("L")
+
+
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\) exceeds limit of (\d+)")
+
+
+def _bomb_reason(exc: Image.DecompressionBombError) -> str:
+    """Phrase Pillow's decompression-bomb error like our own size check."""
+    match = _BOMB_PIXELS.search(str(exc))
+    if match is None:
+        return f"too large: {exc}"
+    return f"too large: {match[1]} pixels exceeds the limit of {match[2]}"
+
+
+def _os_reason(exc: OSError) -> str:
+    """A short human reason for an OS error."""
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    return exc.strerror or str(exc)

@@ -1,0 +1,422 @@
+"""Indexing runs: scan → hash → reuse or (load → encode) → catalog, in committed batches.
+
+Each batch is committed to the catalog in one transaction, so an interrupted run keeps
+what it finished and the next run picks up the rest (those files are then unchanged).
+The vector indexes are brought up to date from the catalog afterwards by the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from indexer.load import load_many
+from indexer.scan import FileEntry, KnownFile, content_hash, plan_changes, scan
+from indexer.texts import TextRecord
+from mmsearch.catalog import Catalog, ItemRecord
+from mmsearch.results import RunSummary, Skipped
+
+logger = logging.getLogger(__name__)
+
+#: Items encoded and committed together.
+DEFAULT_BATCH = 64
+
+
+class Progress(Protocol):
+    """What a progress bar must offer (tqdm does)."""
+
+    def update(self, n: int = 1) -> Any: ...
+    def close(self) -> Any: ...
+
+
+#: Makes a progress bar: ``factory(total, description)``.
+ProgressFactory = Callable[[int, str], Progress]
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _no_progress(total: int, desc: str) -> Progress:
+    return _NoProgress()
+
+
+class EncoderLike(Protocol):
+    """The part of :class:`mmsearch.encoder.Encoder` the pipeline uses."""
+
+    preprocess: Any
+    context_length: int
+    image_size: int
+
+    def encode_image_tensors(self, batch: Any) -> np.ndarray: ...
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+    def is_truncated(self, text: str) -> bool: ...
+
+
+@dataclass
+class _Job:
+    """A file to encode: new, or changed (then ``old`` is the row it replaces)."""
+
+    entry: FileEntry
+    digest: str
+    old: ItemRecord | KnownFile | None = None
+
+
+def draft_size(image_size: int) -> int:
+    """JPEGs are decoded at reduced scale down to twice the model's input side: much
+    faster for camera photos, and the resize to the input side hides the difference."""
+    return 2 * image_size
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _hash_all(entries: Sequence[FileEntry], workers: int, summary: RunSummary) -> dict[str, str]:
+    """Content hashes by path; unreadable files go to ``summary.skipped``."""
+
+    def one(entry: FileEntry) -> tuple[str, str | None, str | None]:
+        try:
+            return entry.path, content_hash(entry.path), None
+        except PermissionError:
+            return entry.path, None, "permission denied"
+        except OSError as exc:
+            return entry.path, None, f"cannot read: {exc.strerror or exc}"
+
+    out: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for path, digest, reason in pool.map(one, entries):
+            if digest is None:
+                summary.skipped.append(Skipped(path, reason or "cannot read"))
+            else:
+                out[path] = digest
+    return out
+
+
+def _file_row(entry: FileEntry, digest: str) -> dict[str, Any]:
+    return {
+        "modality": "image",
+        "path": entry.path,
+        "size": entry.size,
+        "mtime_ns": entry.mtime_ns,
+        "content_hash": digest,
+    }
+
+
+def index_images(
+    catalog: Catalog,
+    roots: Sequence[str | os.PathLike[str]],
+    get_encoder: Callable[[], EncoderLike],
+    exclude: Sequence[str] = (),
+    batch_size: int = DEFAULT_BATCH,
+    workers: int | None = None,
+    progress: ProgressFactory | None = None,
+) -> RunSummary:
+    """Bring the catalog's images under ``roots`` up to date with the disk.
+
+    Unchanged files (same size and mtime) are not read. New and changed files are hashed;
+    content already stored (a renamed, moved or duplicate file) reuses its stored
+    embedding; the rest are decoded in worker threads and encoded in batches. Files that
+    disappeared leave the catalog. Nothing unreadable aborts the run: it is skipped and
+    listed with its reason in the summary.
+
+    Args:
+        catalog: the catalog to update.
+        roots: folders (or files) to index.
+        get_encoder: returns the encoder; called only if something must be encoded.
+        exclude: fnmatch patterns of names or relative paths to leave out.
+        batch_size: images encoded and committed together.
+        workers: decoding threads (default: up to 8).
+        progress: progress bar factory; none by default.
+
+    Returns:
+        The run's :class:`RunSummary`.
+    """
+    started = time.perf_counter()
+    progress = progress or _no_progress
+    workers = workers or min(8, os.cpu_count() or 1)
+    summary = RunSummary()
+
+    found = scan(roots, exclude=exclude)
+    summary.skipped.extend(Skipped(p, r) for p, r in found.errors)
+    known = [
+        KnownFile(r.id, r.path or "", r.size or 0, r.mtime_ns or 0, r.content_hash)
+        for r in catalog.image_files()
+    ]
+    plan = plan_changes(found.files, known, roots)
+    summary.scanned = len(found.files)
+    summary.unchanged = len(plan.unchanged)
+
+    to_hash = list(plan.new) + [entry for entry, _ in plan.changed]
+    digests = _hash_all(to_hash, workers, summary)
+    jobs = _reuse_stored(catalog, plan, digests, summary)
+
+    if jobs:
+        _encode_images(catalog, jobs, get_encoder, batch_size, workers, progress, summary)
+
+    gone = [k.id for k in plan.gone]
+    summary.removed += catalog.remove(gone) if gone else 0
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _reuse_stored(
+    catalog: Catalog, plan: Any, digests: dict[str, str], summary: RunSummary
+) -> list[_Job]:
+    """Store without encoding every file whose content is already in the catalog; return
+    the files that must be encoded."""
+    gone_by_hash: dict[str, KnownFile] = {}
+    for k in plan.gone:
+        gone_by_hash.setdefault(k.content_hash, k)
+    stored = catalog.embeddings_by_hash("image", digests.values())
+
+    jobs: list[_Job] = []
+    renames: list[tuple[int, dict[str, Any]]] = []
+    copies: list[dict[str, Any]] = []
+    for entry in plan.new:
+        digest = digests.get(entry.path)
+        if digest is None:
+            continue
+        moved = gone_by_hash.pop(digest, None)
+        if moved is not None:  # renamed or moved: same item, new path
+            renames.append((moved.id, _file_row(entry, digest)))
+            plan.gone.remove(moved)
+        elif digest in stored:  # a duplicate of stored content
+            copies.append({**_file_row(entry, digest), "embedding": stored[digest]})
+        else:
+            jobs.append(_Job(entry, digest))
+    changed_reused: list[int] = []
+    for entry, old in plan.changed:
+        digest = digests.get(entry.path)
+        if digest is None:
+            continue
+        if digest in stored:
+            # Content changed to something already stored: a new item with that embedding.
+            copies.append({**_file_row(entry, digest), "embedding": stored[digest]})
+            changed_reused.append(old.id)
+        else:
+            jobs.append(_Job(entry, digest, old))
+    if renames or copies:
+        _copy_dims(catalog, copies, renames)
+        catalog.apply(add=copies, remove=changed_reused, updates=renames)
+        summary.reused += len(renames) + len(copies)
+    return jobs
+
+
+def _copy_dims(
+    catalog: Catalog, copies: list[dict[str, Any]], renames: list[tuple[int, dict[str, Any]]]
+) -> None:
+    """Duplicates take width/height from the stored item with the same content."""
+    if not copies:
+        return
+    by_hash: dict[str, ItemRecord] = {}
+    for rec in catalog.image_files():
+        by_hash.setdefault(rec.content_hash, rec)
+    for row in copies:
+        rec = by_hash.get(row["content_hash"])
+        if rec is not None:
+            row["width"], row["height"] = rec.width, rec.height
+
+
+def _encode_images(
+    catalog: Catalog,
+    jobs: list[_Job],
+    get_encoder: Callable[[], EncoderLike],
+    batch_size: int,
+    workers: int,
+    progress: ProgressFactory,
+    summary: RunSummary,
+) -> None:
+    import torch
+
+    encoder = get_encoder()
+    size = encoder.image_size
+    bar = progress(len(jobs), "encoding images")
+    try:
+        by_path = {j.entry.path: j for j in jobs}
+        results = load_many(
+            [j.entry.path for j in jobs],
+            transform=encoder.preprocess,
+            workers=workers,
+            draft_size=draft_size(size),
+            prefetch=max(64, 2 * batch_size),
+        )
+        pending: list[tuple[_Job, Any, Any]] = []
+        for path, loaded, tensor, error in results:
+            if error is not None:
+                summary.skipped.append(Skipped(path, error.reason))
+                bar.update(1)
+                continue
+            pending.append((by_path[path], loaded, tensor))
+            if len(pending) >= batch_size:
+                _commit_batch(catalog, encoder, pending, torch, summary)
+                bar.update(len(pending))
+                pending = []
+        if pending:
+            _commit_batch(catalog, encoder, pending, torch, summary)
+            bar.update(len(pending))
+    finally:
+        bar.close()
+
+
+def _commit_batch(
+    catalog: Catalog,
+    encoder: EncoderLike,
+    pending: list[tuple[_Job, Any, Any]],
+    torch: Any,
+    summary: RunSummary,
+) -> None:
+    vectors = encoder.encode_image_tensors(torch.stack([t for _, _, t in pending]))
+    rows, replaced = [], []
+    for (job, loaded, _), vec in zip(pending, vectors, strict=True):
+        rows.append(
+            {
+                **_file_row(job.entry, job.digest),
+                "width": loaded.width,
+                "height": loaded.height,
+                "embedding": vec,
+            }
+        )
+        if job.old is not None:
+            replaced.append(job.old.id)
+    catalog.apply(add=rows, remove=replaced)
+    summary.updated += len(replaced)
+    summary.added += len(rows) - len(replaced)
+
+
+def text_digest(text: str) -> str:
+    """Content hash of a text: texts with the same hash are stored once."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def index_texts(
+    catalog: Catalog,
+    records: Iterable[TextRecord],
+    get_encoder: Callable[[], EncoderLike],
+    batch_size: int = 256,
+    progress: ProgressFactory | None = None,
+) -> RunSummary:
+    """Add texts not already in the catalog (the same text is stored once).
+
+    Texts longer than the model's context are cut to it and counted in ``truncated``.
+    """
+    started = time.perf_counter()
+    progress = progress or _no_progress
+    summary = RunSummary()
+    known = catalog.text_hashes()
+    todo: list[tuple[TextRecord, str]] = []
+    for rec in records:
+        summary.scanned += 1
+        digest = text_digest(rec.text)
+        if digest in known:
+            summary.unchanged += 1
+            continue
+        known.add(digest)
+        todo.append((rec, digest))
+    if todo:
+        encoder = get_encoder()
+        bar = progress(len(todo), "encoding texts")
+        try:
+            for batch in _batches(todo, batch_size):
+                texts = [r.text for r, _ in batch]
+                summary.truncated += sum(encoder.is_truncated(t) for t in texts)
+                vectors = encoder.encode_texts(texts)
+                catalog.add(
+                    [
+                        {
+                            "modality": "text",
+                            "text": r.text,
+                            "source": r.source,
+                            "content_hash": d,
+                            "embedding": v,
+                        }
+                        for (r, d), v in zip(batch, vectors, strict=True)
+                    ]
+                )
+                summary.added += len(batch)
+                bar.update(len(batch))
+        finally:
+            bar.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def reembed(
+    catalog: Catalog,
+    get_encoder: Callable[[], EncoderLike],
+    batch_size: int = DEFAULT_BATCH,
+    workers: int | None = None,
+    progress: ProgressFactory | None = None,
+) -> RunSummary:
+    """Encode every stored item again with a new model (after ``--reembed``).
+
+    An image that can no longer be read cannot keep an embedding of the old model, so it
+    leaves the index; it is listed in ``skipped`` and counted in ``removed``.
+    """
+    import torch
+
+    started = time.perf_counter()
+    progress = progress or _no_progress
+    workers = workers or min(8, os.cpu_count() or 1)
+    summary = RunSummary()
+    encoder = get_encoder()
+    images = catalog.image_files()
+    text_ids = catalog.ids("text")
+    bar = progress(len(images) + len(text_ids), "re-embedding")
+    try:
+        by_path = {r.path: r for r in images if r.path}
+        pending: list[tuple[ItemRecord, Any]] = []
+        lost: list[int] = []
+
+        def flush() -> None:
+            vecs = encoder.encode_image_tensors(torch.stack([t for _, t in pending]))
+            catalog.update_many(
+                [(r.id, {"embedding": v}) for (r, _), v in zip(pending, vecs, strict=True)]
+            )
+            summary.updated += len(pending)
+            bar.update(len(pending))
+            pending.clear()
+
+        loads = load_many(
+            list(by_path),
+            transform=encoder.preprocess,
+            workers=workers,
+            draft_size=draft_size(encoder.image_size),
+        )
+        for path, _, tensor, error in loads:
+            if error is not None:
+                summary.skipped.append(Skipped(path, error.reason))
+                lost.append(by_path[path].id)
+                bar.update(1)
+                continue
+            pending.append((by_path[path], tensor))
+            if len(pending) >= batch_size:
+                flush()
+        if pending:
+            flush()
+        summary.removed += catalog.remove(lost)
+        for chunk in _batches(list(text_ids), 256):
+            recs = catalog.records(chunk)
+            texts = [recs[i].text or "" for i in chunk]
+            vecs = encoder.encode_texts(texts)
+            catalog.update_many([(i, {"embedding": v}) for i, v in zip(chunk, vecs, strict=True)])
+            summary.updated += len(chunk)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    summary.scanned = len(images) + len(text_ids)
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,194 @@
+"""Read text corpora: plain text (one text per line), JSON Lines, CSV and TSV.
+
+Every text keeps its source (``file:line``, or ``file:row`` for CSV/TSV with the header as
+row 1) so a search hit can point back at where it came from. A record that cannot be used
+is skipped with its reason; an empty text is skipped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO
+
+from mmsearch.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+_JSONL_EXTENSIONS = frozenset({".jsonl", ".ndjson"})
+_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+
+
+@dataclass(frozen=True)
+class TextRecord:
+    """One text and where it came from."""
+
+    text: str  # stripped, never empty
+    source: str  # "<path>:<line>" (1-based), or "<path>:<row>" for CSV/TSV (header = 1)
+
+
+@dataclass
+class TextReadResult:
+    """Texts read from one or more files, and the records skipped."""
+
+    records: list[TextRecord] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+
+    def extend(self, other: TextReadResult) -> None:
+        """Append another result's records and skipped entries."""
+        self.records.extend(other.records)
+        self.skipped.extend(other.skipped)
+
+
+def read_texts(
+    path: str | os.PathLike, column: str | None = None, field: str = "text"
+) -> TextReadResult:
+    """Read the texts of one file; the format follows the extension.
+
+    ``.jsonl``/``.ndjson``: one JSON object per line, text under ``field``. ``.csv`` and
+    ``.tsv``: a header row, text in ``column``. Anything else: one text per line. Files are
+    read as UTF-8 (a BOM is ignored, undecodable bytes replaced); texts are stripped.
+
+    Args:
+        path: The file.
+        column: CSV/TSV column holding the text (default ``"text"``).
+        field: JSON Lines field holding the text.
+
+    Returns:
+        The texts in file order, and the skipped records with reasons.
+
+    Raises:
+        InputError: The file cannot be read, or the CSV/TSV has no header or no such column.
+    """
+    name = os.fspath(path)
+    ext = os.path.splitext(name)[1].lower()
+    try:
+        with open(name, encoding="utf-8-sig", errors="replace", newline="") as f:
+            if ext in _JSONL_EXTENSIONS:
+                result = _read_jsonl(name, f, field)
+            elif ext in _DELIMITERS:
+                result = _read_table(name, f, column or "text", _DELIMITERS[ext])
+            else:
+                result = _read_lines(name, f)
+    except OSError as exc:
+        raise InputError(name, _os_reason(exc)) from exc
+    logger.info("%s: %d texts, %d skipped", name, len(result.records), len(result.skipped))
+    return result
+
+
+def read_text_sources(
+    paths: Sequence[str | os.PathLike], column: str | None = None, field: str = "text"
+) -> TextReadResult:
+    """Read several text files with :func:`read_texts` and concatenate the results.
+
+    Args:
+        paths: The files, read in order.
+        column: CSV/TSV column holding the text.
+        field: JSON Lines field holding the text.
+
+    Returns:
+        All texts in order, and all skipped records.
+
+    Raises:
+        InputError: One of the files cannot be read (see :func:`read_texts`).
+    """
+    result = TextReadResult()
+    for path in paths:
+        result.extend(read_texts(path, column=column, field=field))
+    return result
+
+
+def _lines(f: IO[str]) -> Iterator[tuple[int, str]]:
+    """Yield (1-based line number, stripped line) for non-blank lines."""
+    for number, line in enumerate(f, start=1):
+        text = line.strip()
+        if text:
+            yield number, text
+
+
+def _read_lines(name: str, f: IO[str]) -> TextReadResult:
+    """One text per line."""
+    records = [TextRecord(text, f"{name}:{n}") for n, text in _lines(f)]
+    return TextReadResult(records=records)
+
+
+def _read_jsonl(name: str, f: IO[str], field: str) -> TextReadResult:
+    """One JSON object per line; the text is the string under ``field``."""
+    result = TextReadResult()
+    for n, line in _lines(f):
+        source = f"{name}:{n}"
+        text, reason = _json_text(line, field)
+        if reason is not None:
+            result.skipped.append((source, reason))
+        elif text:
+            result.records.append(TextRecord(text, source))
+    return result
+
+
+def _json_text(line: str, field: str) -> tuple[str, str | None]:
+    """The stripped text of one JSON line, or a reason why there is none."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return "", f"invalid JSON: {exc.msg}"
+    if not isinstance(obj, dict):
+        return "", "not a JSON object"
+    if field not in obj:
+        return "", f"no {field!r} field"
+    value = obj[field]
+    if not isinstance(value, str):
+        return "", f"{field!r} is not a string ({type(value).__name__})"
+    return value.strip(), None
+
+
+def _read_table(name: str, f: IO[str], column: str, delimiter: str) -> TextReadResult:
+    """CSV/TSV with a header row; the text is in ``column``."""
+    reader = csv.reader(f, delimiter=delimiter)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise InputError(name, f"malformed header row: {exc}") from exc
+    if header is None:
+        raise InputError(name, "empty file: no header row")
+    header = [h.strip() for h in header]
+    if column not in header:
+        available = ", ".join(repr(h) for h in header)
+        raise InputError(name, f"no column {column!r}; available columns: {available}")
+    index = header.index(column)
+    result = TextReadResult()
+    for row_number, row in enumerate(_rows(reader), start=2):
+        source = f"{name}:{row_number}"
+        if isinstance(row, csv.Error):
+            result.skipped.append((source, f"malformed row: {row}"))
+        elif index >= len(row):
+            if any(cell.strip() for cell in row):
+                result.skipped.append((source, f"row has no {column!r} value"))
+        elif text := row[index].strip():
+            result.records.append(TextRecord(text, source))
+    return result
+
+
+def _rows(reader: Iterator[list[str]]) -> Iterator[list[str] | csv.Error]:
+    """Rows of a CSV reader, with a malformed row (e.g. a huge field) yielded as its error."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # the reader has consumed the bad line; go on after it
+            yield exc
+
+
+def _os_reason(exc: OSError) -> str:
+    """A short human reason for an OS error."""
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    return exc.strerror or str(exc)

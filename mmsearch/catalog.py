@@ -1,0 +1,375 @@
+"""The catalog: one SQLite database (through SQLAlchemy 2.0) that is the index's truth.
+
+It holds one row per item (image or text) whose integer id is also the item's FAISS id,
+with its metadata and its embedding (float16), so the ANN indexes can always be rebuilt
+without encoding anything again. A ``meta`` table holds the schema version, the model's
+identity and a generation counter per modality that the vector indexes compare against.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from .errors import IndexCorruptError
+
+logger = logging.getLogger(__name__)
+
+#: Version of the schema this code writes. Bump it and add a migration when it changes.
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    """One indexed image or text."""
+
+    __tablename__ = "items"
+    # AUTOINCREMENT: ids are never reused, so a stale vector can never point at a new item.
+    __table_args__ = (
+        Index("ix_items_modality_hash", "modality", "content_hash"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    modality: Mapped[str] = mapped_column(String(8))  # "image" | "text"
+    path: Mapped[str | None] = mapped_column(Text, unique=True)  # images: absolute path
+    text: Mapped[str | None] = mapped_column(Text)  # texts: the text
+    source: Mapped[str | None] = mapped_column(Text)  # texts: "file.txt:12"
+    size: Mapped[int | None] = mapped_column(Integer)  # bytes on disk
+    mtime_ns: Mapped[int | None] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String(64))  # blake2b of bytes / of the text
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float16, little endian
+    added_at: Mapped[float] = mapped_column(Float)
+
+
+class Meta(Base):
+    """Key/value settings of the index."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """A catalog row without its embedding, detached from any session."""
+
+    id: int
+    modality: str
+    path: str | None
+    text: str | None
+    source: str | None
+    size: int | None
+    mtime_ns: int | None
+    content_hash: str
+    width: int | None
+    height: int | None
+
+
+#: Migrations: version N → N+1, run in order inside one transaction.
+MIGRATIONS: dict[int, Callable[[Session], None]] = {}
+
+
+def _record(item: Item) -> ItemRecord:
+    return ItemRecord(
+        item.id,
+        item.modality,
+        item.path,
+        item.text,
+        item.source,
+        item.size,
+        item.mtime_ns,
+        item.content_hash,
+        item.width,
+        item.height,
+    )
+
+
+def to_blob(vector: np.ndarray) -> bytes:
+    """A float vector as the catalog stores it: float16 little endian."""
+    return np.asarray(vector, dtype="<f2").tobytes()
+
+
+def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    """Stored float16 blobs back to a (N, dim) float32 matrix."""
+    if not blobs:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype="<f2").reshape(len(blobs), dim).astype(np.float32)
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the indexer
+    cursor.execute("PRAGMA synchronous=NORMAL")  # WAL makes this durable enough and fast
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class Catalog:
+    """The SQLite catalog of one index directory.
+
+    Args:
+        path: the database file.
+        create: create it (and its schema) if it does not exist.
+    """
+
+    def __init__(self, path: str | Path, create: bool = True) -> None:
+        self.path = Path(path)
+        if not self.path.exists() and not create:
+            raise FileNotFoundError(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(f"sqlite:///{self.path}")
+        event.listen(self.engine, "connect", _set_sqlite_pragmas)
+        try:
+            self._init_schema()
+        except DatabaseError as exc:
+            self.engine.dispose()
+            raise IndexCorruptError(f"cannot read catalog {self.path}: {exc}") from exc
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def session(self) -> Session:
+        """A new session; use as ``with catalog.session() as s, s.begin(): ...``."""
+        return Session(self.engine, expire_on_commit=False)
+
+    # -- schema -------------------------------------------------------------------------
+
+    def _init_schema(self) -> None:
+        Base.metadata.create_all(self.engine)
+        with self.session() as s, s.begin():
+            row = s.get(Meta, "schema_version")
+            if row is None:
+                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                return
+            version = int(row.value)
+            if version > SCHEMA_VERSION:
+                raise IndexCorruptError(
+                    f"catalog {self.path} has schema version {version}, newer than this "
+                    f"mmsearch understands ({SCHEMA_VERSION}): upgrade mmsearch"
+                )
+            while version < SCHEMA_VERSION:
+                logger.info("migrating catalog schema %d → %d", version, version + 1)
+                MIGRATIONS[version](s)
+                version += 1
+            row.value = str(version)
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.get_meta("schema_version") or 0)
+
+    # -- meta ---------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with self.session() as s:
+            row = s.get(Meta, key)
+            return row.value if row else None
+
+    def set_meta(self, key: str, value: str, session: Session | None = None) -> None:
+        if session is not None:
+            session.merge(Meta(key=key, value=value))
+            return
+        with self.session() as s, s.begin():
+            s.merge(Meta(key=key, value=value))
+
+    def model_info(self) -> dict[str, Any] | None:
+        """The model the index was built with: model, pretrained, identity, display, dim."""
+        raw = self.get_meta("model")
+        return json.loads(raw) if raw else None
+
+    def set_model_info(self, info: dict[str, Any], session: Session | None = None) -> None:
+        self.set_meta("model", json.dumps(info), session)
+
+    def generation(self, modality: str) -> int:
+        """A counter bumped by every change to ``modality``'s items."""
+        return int(self.get_meta(f"generation:{modality}") or 0)
+
+    def _bump(self, s: Session, modalities: Iterable[str]) -> None:
+        for modality in set(modalities):
+            row = s.get(Meta, f"generation:{modality}")
+            if row is None:
+                s.add(Meta(key=f"generation:{modality}", value="1"))
+            else:
+                row.value = str(int(row.value) + 1)
+
+    # -- reads --------------------------------------------------------------------------
+
+    def count(self, modality: str | None = None) -> int:
+        stmt = select(func.count(Item.id))
+        if modality:
+            stmt = stmt.where(Item.modality == modality)
+        with self.session() as s:
+            return int(s.scalar(stmt) or 0)
+
+    def ids(self, modality: str) -> np.ndarray:
+        with self.session() as s:
+            rows = s.scalars(select(Item.id).where(Item.modality == modality).order_by(Item.id))
+            return np.fromiter(rows, dtype=np.int64)
+
+    def image_files(self) -> list[ItemRecord]:
+        """Every image item, without embeddings."""
+        with self.session() as s:
+            items = s.scalars(select(Item).where(Item.modality == "image").order_by(Item.id))
+            return [_record(i) for i in items]
+
+    def text_hashes(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(Item.content_hash).where(Item.modality == "text")))
+
+    def records(self, ids: Iterable[int]) -> dict[int, ItemRecord]:
+        """Rows by id (missing ids are absent from the result)."""
+        wanted = [int(i) for i in ids]
+        out: dict[int, ItemRecord] = {}
+        with self.session() as s:
+            for chunk in _chunks(wanted, 500):
+                for item in s.scalars(select(Item).where(Item.id.in_(chunk))):
+                    out[item.id] = _record(item)
+        return out
+
+    def find_path(self, path: str) -> ItemRecord | None:
+        with self.session() as s:
+            item = s.scalar(select(Item).where(Item.path == path))
+            return _record(item) if item else None
+
+    def embeddings(self, ids: Sequence[int], dim: int) -> tuple[list[int], np.ndarray]:
+        """Stored embeddings of ``ids`` as float32 rows, in the order given; ids no longer
+        in the catalog are left out. Returns (ids found, matrix)."""
+        found: dict[int, bytes] = {}
+        with self.session() as s:
+            for chunk in _chunks([int(i) for i in ids], 500):
+                stmt = select(Item.id, Item.embedding).where(Item.id.in_(chunk))
+                found.update({i: e for i, e in s.execute(stmt)})
+        present = [int(i) for i in ids if int(i) in found]
+        return present, from_blobs([found[i] for i in present], dim)
+
+    def embeddings_by_hash(self, modality: str, hashes: Iterable[str]) -> dict[str, bytes]:
+        """For each content hash already stored, one stored embedding (for reuse)."""
+        out: dict[str, bytes] = {}
+        with self.session() as s:
+            for chunk in _chunks(sorted(set(hashes)), 500):
+                stmt = select(Item.content_hash, Item.embedding).where(
+                    Item.modality == modality, Item.content_hash.in_(chunk)
+                )
+                for h, e in s.execute(stmt):
+                    out.setdefault(h, e)
+        return out
+
+    def iter_embeddings(
+        self, modality: str, dim: int, batch: int = 20000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All of a modality's (ids, float32 vectors), in id order, ``batch`` rows at a time."""
+        last = -1
+        with self.session() as s:
+            while True:
+                stmt = (
+                    select(Item.id, Item.embedding)
+                    .where(Item.modality == modality, Item.id > last)
+                    .order_by(Item.id)
+                    .limit(batch)
+                )
+                rows = s.execute(stmt).all()
+                if not rows:
+                    return
+                ids = np.array([r[0] for r in rows], dtype=np.int64)
+                yield ids, from_blobs([r[1] for r in rows], dim)
+                last = int(ids[-1])
+
+    # -- writes -------------------------------------------------------------------------
+
+    def add(self, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """Insert items in one transaction; returns their new ids. Each row holds Item's
+        columns; ``embedding`` may be a float vector or stored bytes."""
+        return self.apply(add=rows)
+
+    def update_many(self, changes: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Change columns of items (a renamed file, a new embedding) in one transaction."""
+        self.apply(updates=changes)
+
+    def remove(self, ids: Iterable[int]) -> int:
+        """Delete items; returns how many existed and were deleted."""
+        wanted = [int(i) for i in ids]
+        existing = len(self.records(wanted))
+        self.apply(remove=wanted)
+        return existing
+
+    def apply(
+        self,
+        add: Sequence[dict[str, Any]] = (),
+        remove: Iterable[int] = (),
+        updates: Sequence[tuple[int, dict[str, Any]]] = (),
+    ) -> list[int]:
+        """Remove, update and add items in ONE transaction (so an interrupted run leaves the
+        catalog as it was before the batch or after it, never half-way). Returns new ids."""
+        now = time.time()
+        removed = [int(i) for i in remove]
+        with self.session() as s, s.begin():
+            modalities: set[str] = {r["modality"] for r in add}
+            touched = removed + [i for i, _ in updates]
+            for chunk in _chunks(touched, 500):
+                modalities.update(s.scalars(select(Item.modality).where(Item.id.in_(chunk))))
+            for chunk in _chunks(removed, 500):
+                s.execute(delete(Item).where(Item.id.in_(chunk)))
+            for item_id, values in updates:
+                s.execute(update(Item).where(Item.id == item_id).values(**_prepare(values)))
+            s.flush()  # a re-encoded file's old row must be gone before its path is reused
+            items = [Item(**_prepare(r), added_at=now) for r in add]
+            s.add_all(items)
+            if modalities:
+                self._bump(s, modalities)
+            s.flush()
+            return [i.id for i in items]
+
+    def replace_embeddings(self, changes: Sequence[tuple[int, np.ndarray]]) -> None:
+        """Store new embeddings for existing items (re-embedding with another model)."""
+        self.update_many([(i, {"embedding": v}) for i, v in changes])
+
+
+def _prepare(values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    emb = out.get("embedding")
+    if emb is not None and not isinstance(emb, bytes):
+        out["embedding"] = to_blob(emb)
+    return out
+
+
+def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]

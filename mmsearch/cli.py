@@ -1,0 +1,347 @@
+"""The ``mmsearch`` command line: thin commands, one library call each.
+
+Results go to stdout (plain lines or ``--json``); progress, logs and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import config
+from .errors import (
+    DependencyError,
+    IndexNotFoundError,
+    InputError,
+    MMSearchError,
+    ModelError,
+    ModelMismatchError,
+    QueryError,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ExitStatus(enum.IntEnum):
+    """Exit codes of the ``mmsearch`` command."""
+
+    OK = 0
+    ERROR = 1  # any other mmsearch error
+    USAGE = 2  # bad command line (click's own)
+    NO_INDEX = 3  # the index does not exist
+    MODEL = 4  # model unknown, weights unavailable, or mismatched with the index
+    INPUT = 5  # a query or input file cannot be used
+    DEPENDENCY = 6  # an optional dependency is missing
+    INTERRUPTED = 130  # Ctrl-C
+
+
+def _status_for(exc: MMSearchError) -> ExitStatus:
+    table: list[tuple[type[MMSearchError], ExitStatus]] = [
+        (IndexNotFoundError, ExitStatus.NO_INDEX),
+        (ModelError, ExitStatus.MODEL),
+        (ModelMismatchError, ExitStatus.MODEL),
+        (QueryError, ExitStatus.INPUT),
+        (InputError, ExitStatus.INPUT),
+        (DependencyError, ExitStatus.DEPENDENCY),
+    ]
+    return next((status for kind, status in table if isinstance(exc, kind)), ExitStatus.ERROR)
+
+
+class MMSearchException(click.ClickException):
+    """A library error shown as one line, with its own exit code."""
+
+    def __init__(self, exc: MMSearchError) -> None:
+        super().__init__(str(exc))
+        self.exit_code = int(_status_for(exc))
+
+
+def handle_errors(func: F) -> F:
+    """Turn library errors into one-line messages (tracebacks only with --traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            return func(*args, **kwargs)
+        except MMSearchError as exc:
+            if ctx.find_root().params.get("traceback"):
+                raise
+            raise MMSearchException(exc) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def index_option(func: F) -> F:
+    return click.option(
+        "--index",
+        "index_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar=config.ENV_INDEX,
+        show_envvar=True,
+        help="Index directory [default: the platform data dir, e.g. ~/.local/share/mmsearch/index].",
+    )(func)
+
+
+def model_options(func: F) -> F:
+    func = click.option("--device", help="cpu, cuda, cuda:1 … [default: cuda when available].")(
+        func
+    )
+    func = click.option(
+        "--pretrained", help="Pretrained tag (e.g. laion2b_s34b_b79k) or checkpoint file."
+    )(func)
+    return click.option(
+        "--model",
+        help=f"open_clip architecture, hf-hub:org/repo, or a model directory "
+        f"[default: the index's model; {config.DEFAULT_MODEL} for a new index].",
+    )(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(func)
+
+
+def _progress(enabled: bool) -> Any:
+    """A tqdm progress-bar factory writing to stderr, or None when disabled."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    def make(total: int, desc: str) -> Any:
+        return tqdm(
+            total=total, desc=desc, unit="item", file=sys.stderr, dynamic_ncols=True, smoothing=0.1
+        )
+
+    return make
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mmsearch")
+@click.option("--traceback", is_flag=True, help="Show the full traceback of errors.")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: debug).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or warnings.")
+@click.pass_context
+def cli(ctx: click.Context, traceback: bool, verbose: int, quiet: bool) -> None:
+    """Search photos and texts by meaning (OpenCLIP + FAISS).
+
+    \b
+      mmsearch index ./photos             embed every image under ./photos
+      mmsearch index --texts notes.txt    embed a text corpus
+      mmsearch query "a red car"          text → image
+      mmsearch query --image q.jpg        image → image
+      mmsearch info                       what the index holds
+    """
+    level = (
+        logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    )
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    ctx.obj = {"quiet": quiet}
+
+
+def _open(
+    index_dir: Path | None,
+    model: str | None = None,
+    pretrained: str | None = None,
+    device: str | None = None,
+    create: bool = True,
+) -> Any:
+    from .index import Index
+
+    return Index.open(index_dir, model=model, pretrained=pretrained, device=device, create=create)
+
+
+@cli.command("index")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--texts",
+    "text_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Text corpus: .txt (a line each), .jsonl or .csv/.tsv. Repeatable.",
+)
+@click.option("--column", help="CSV/TSV column holding the text [default: text].")
+@click.option("--field", default="text", show_default=True, help="JSONL field holding the text.")
+@click.option(
+    "--exclude", multiple=True, help="Leave out files/folders matching this glob. Repeatable."
+)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--workers", type=click.IntRange(1), help="Image decoding threads [default: up to 8]."
+)
+@click.option(
+    "--reembed", is_flag=True, help="Encode everything again with --model (switch models)."
+)
+@model_options
+@index_option
+@json_option
+@click.pass_obj
+@handle_errors
+def index_cmd(
+    obj: dict[str, Any],
+    paths: tuple[Path, ...],
+    text_files: tuple[Path, ...],
+    column: str | None,
+    field: str,
+    exclude: tuple[str, ...],
+    batch_size: int,
+    workers: int | None,
+    reembed: bool,
+    model: str | None,
+    pretrained: str | None,
+    device: str | None,
+    index_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Add images under PATHS (and --texts corpora) to the index, or bring them up to date.
+
+    Unchanged files are skipped, changed ones re-encoded, deleted ones removed; renamed,
+    moved or duplicate files reuse their stored embedding.
+    """
+    if not paths and not text_files and not reembed:
+        raise click.UsageError("give image folders/files to index, --texts FILE, or --reembed")
+    progress = _progress(not obj["quiet"])
+    from .results import RunSummary
+
+    total = RunSummary()
+    with _open(index_dir, model, pretrained, device) as index:
+        if reembed:
+            _merge(total, index.reembed(batch_size=batch_size, workers=workers, progress=progress))
+        if paths:
+            _merge(
+                total,
+                index.add_images(
+                    list(paths),
+                    exclude=exclude,
+                    batch_size=batch_size,
+                    workers=workers,
+                    progress=progress,
+                ),
+            )
+        if text_files:
+            _merge(
+                total,
+                index.add_text_files(
+                    list(text_files), column=column, field=field, progress=progress
+                ),
+            )
+    _print_summary(total, as_json)
+
+
+def _merge(total: Any, part: Any) -> None:
+    for name in ("scanned", "added", "updated", "unchanged", "removed", "reused", "truncated"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.skipped.extend(part.skipped)
+    total.seconds += part.seconds
+
+
+def _print_summary(summary: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(summary.to_dict()))
+        return
+    click.echo(
+        f"scanned {summary.scanned}, added {summary.added}, updated {summary.updated}, "
+        f"unchanged {summary.unchanged}, removed {summary.removed}, reused {summary.reused}, "
+        f"skipped {len(summary.skipped)} in {summary.seconds:.1f}s"
+    )
+    if summary.truncated:
+        click.echo(f"{summary.truncated} texts were cut to the model's context length", err=True)
+    for item in summary.skipped:
+        click.echo(f"skipped {item.path}: {item.reason}", err=True)
+
+
+@cli.command("query")
+@click.argument("text", required=False)
+@click.option("--image", "image", type=click.Path(path_type=Path), help="Query with this image.")
+@click.option(
+    "--target",
+    type=click.Choice(["image", "text"]),
+    default="image",
+    show_default=True,
+    help="What to return.",
+)
+@click.option(
+    "-k",
+    "--top",
+    "k",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Number of hits.",
+)
+@click.option("--include-self", is_flag=True, help="Let an indexed query image be its own hit.")
+@click.option("--nprobe", type=click.IntRange(1), help="IVF lists to visit (large indexes).")
+@click.option("--paths-only", is_flag=True, help="Print only paths (or texts), one per line.")
+@model_options
+@index_option
+@json_option
+@handle_errors
+def query_cmd(
+    text: str | None,
+    image: Path | None,
+    target: str,
+    k: int,
+    include_self: bool,
+    nprobe: int | None,
+    paths_only: bool,
+    model: str | None,
+    pretrained: str | None,
+    device: str | None,
+    index_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Search with TEXT or --image; print one hit per line: score, a tab, path or text."""
+    if text is not None and image is not None:
+        raise click.UsageError("give either TEXT or --image, not both")
+    if text is None and image is None:
+        raise click.UsageError("give a TEXT query or --image PATH")
+    query: Any = image if image is not None else text
+    with _open(index_dir, model, pretrained, device, create=False) as index:
+        hits = index.search(query, k=k, target=target, include_self=include_self, nprobe=nprobe)
+    if as_json:
+        click.echo(json.dumps([h.to_dict() for h in hits]))
+        return
+    for hit in hits:
+        label = " ".join(hit.label.split()) if hit.text is not None else hit.label
+        click.echo(label if paths_only else f"{hit.score:.3f}\t{label}")
+
+
+@cli.command("info")
+@index_option
+@json_option
+@handle_errors
+def info_cmd(index_dir: Path | None, as_json: bool) -> None:
+    """Show what the index holds: model, item counts, vector index type and size."""
+    with _open(index_dir, create=False) as index:
+        info = index.info()
+    if as_json:
+        click.echo(json.dumps(info.to_dict()))
+        return
+    click.echo(f"index:    {info.path}")
+    click.echo(f"model:    {info.model or '(none yet)'} (dim {info.dim})")
+    click.echo(f"images:   {info.images}")
+    click.echo(f"texts:    {info.texts}")
+    click.echo(f"catalog:  {info.catalog_bytes / 1e6:.1f} MB, schema v{info.schema_version}")
+    for v in info.vectors:
+        params = ", ".join(f"{k}={val}" for k, val in sorted(v.params.items()))
+        click.echo(
+            f"vectors:  {v.modality}: {v.count} in {v.index_type}"
+            f"{' (' + params + ')' if params else ''}, {v.bytes_per_vector:.0f} B/vector"
+        )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(prog_name="mmsearch", standalone_mode=True)
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        click.echo("interrupted", err=True)
+        sys.exit(int(ExitStatus.INTERRUPTED))

@@ -1,0 +1,50 @@
+"""Paths, environment variables and defaults (a leaf module: imports nothing of ours)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+#: The model used when none is given: a good speed/quality trade-off on CPU and GPU.
+DEFAULT_MODEL = "ViT-B-32"
+#: Its pretrained weights (open_clip tag); downloaded once, then read from the cache.
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+#: A tiny random-initialised model for tests and offline smoke runs (no download).
+TINY_MODEL = "mmsearch-tiny"
+
+#: Environment variable naming the default index directory.
+ENV_INDEX = "MMSEARCH_INDEX"
+#: Environment variable naming a device ("cpu", "cuda", "cuda:1") to override auto-detection.
+ENV_DEVICE = "MMSEARCH_DEVICE"
+
+#: File names inside an index directory.
+CATALOG_FILE = "catalog.sqlite"
+VECTORS_FILE_TEMPLATE = "vectors-{modality}.faiss"
+MANIFEST_FILE_TEMPLATE = "vectors-{modality}.json"
+
+MODALITIES = ("image", "text")
+
+
+def data_dir(app: str = "mmsearch") -> Path:
+    """The platform's per-user data directory for ``app``.
+
+    XDG on Linux and BSD (``$XDG_DATA_HOME`` or ``~/.local/share``), ``~/Library/Application
+    Support`` on macOS, ``%LOCALAPPDATA%`` on Windows.
+    """
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / app
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / app
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / app
+
+
+def default_index_dir() -> Path:
+    """Where the index lives when no ``--index`` is given: ``$MMSEARCH_INDEX``, else the
+    platform data directory (e.g. ``~/.local/share/mmsearch/index``)."""
+    env = os.environ.get(ENV_INDEX)
+    if env:
+        return Path(env).expanduser()
+    return data_dir() / "index"

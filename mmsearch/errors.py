@@ -1,0 +1,80 @@
+"""Errors raised by mmsearch.
+
+Every error the library raises on purpose is a subclass of :class:`MMSearchError`, so
+callers (the CLI included) can catch one type. Data that explains the error travels as
+attributes rather than only inside the message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MMSearchError(Exception):
+    """Base class of every error mmsearch raises on purpose."""
+
+
+class DependencyError(MMSearchError):
+    """An optional dependency (faiss, a GPU build, ...) is missing."""
+
+    def __init__(self, package: str, hint: str) -> None:
+        self.package = package
+        self.hint = hint
+        super().__init__(f"{package} is not installed: {hint}")
+
+
+class ModelError(MMSearchError):
+    """A model name, tag or checkpoint could not be resolved or loaded."""
+
+
+class WeightsUnavailableError(ModelError):
+    """Pretrained weights are neither cached nor downloadable."""
+
+    def __init__(self, model: str, pretrained: str, reason: str) -> None:
+        self.model = model
+        self.pretrained = pretrained
+        self.reason = reason
+        super().__init__(
+            f"weights for {model} ({pretrained}) are not available: {reason}. "
+            "Download them once on a machine with network access (they are cached), or "
+            "point at a local checkpoint: --pretrained /path/to/open_clip_model.safetensors, "
+            "or --model /path/to/model-dir (a fine-tuned or exported model directory)."
+        )
+
+
+class ModelMismatchError(MMSearchError):
+    """The index was built with another model than the one requested."""
+
+    def __init__(self, index_model: str, requested_model: str) -> None:
+        self.index_model = index_model
+        self.requested_model = requested_model
+        super().__init__(
+            f"this index was built with model {index_model!r}, not {requested_model!r}; "
+            "embeddings of different models cannot be mixed. Use the index's model "
+            "(omit --model), or re-embed everything with the new one (--reembed)."
+        )
+
+
+class IndexNotFoundError(MMSearchError):
+    """No index exists at the given location."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(f"no index at {path} (create one with `mmsearch index PATH`)")
+
+
+class IndexCorruptError(MMSearchError):
+    """The catalog or an index file cannot be read."""
+
+
+class QueryError(MMSearchError):
+    """A query is empty, malformed, or cannot be answered."""
+
+
+class InputError(MMSearchError):
+    """An input (image, text file, pairs file) cannot be read or parsed."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")

@@ -1,0 +1,441 @@
+"""``Index``: one index directory with its catalog, vector indexes and model — the embedded API.
+
+import mmsearch
+with mmsearch.Index.open("~/photos-index") as index:
+    index.add_images(["~/Pictures"])
+    for hit in index.search("a red car", k=5):
+        print(hit.score, hit.path)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from . import config
+from .catalog import Catalog, from_blobs
+from .errors import IndexNotFoundError, MMSearchError, ModelMismatchError, QueryError
+from .results import Hit, IndexInfo, RunSummary, VectorInfo
+from .search import search_vector
+from .vectors import VectorIndex, choose_factory
+
+if TYPE_CHECKING:
+    from .encoder import Encoder, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+#: Accepted ``target`` values.
+TARGETS = config.MODALITIES
+
+
+class Index:
+    """An mmsearch index stored in one directory.
+
+    Use :meth:`open` to get one; close it (or use it as a context manager) when done.
+
+    Args:
+        path: the index directory.
+        catalog: its open catalog.
+        spec: the model requested by the caller, or None to use the index's own.
+        device: where to run the model.
+    """
+
+    def __init__(
+        self, path: Path, catalog: Catalog, spec: ModelSpec | None, device: str | None = None
+    ) -> None:
+        self.path = path
+        self.catalog = catalog
+        self._requested = spec
+        self._device = device
+        self._encoder: Encoder | None = None
+        self._vectors: dict[str, VectorIndex] = {}
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        model: str | os.PathLike[str] | None = None,
+        pretrained: str | None = None,
+        device: str | None = None,
+        create: bool = True,
+    ) -> Index:
+        """Open (or create) the index at ``path``.
+
+        Args:
+            path: index directory; default ``$MMSEARCH_INDEX`` or the platform data dir.
+            model: model to use; default the one the index was built with, or
+                ``ViT-B-32`` for a new index. See :mod:`mmsearch.encoder` for the forms.
+            pretrained: pretrained tag or checkpoint file for ``model``.
+            device: ``cpu``/``cuda``; default CUDA when available.
+            create: create the index if it does not exist (else raise IndexNotFoundError).
+        """
+        directory = Path(path).expanduser() if path else config.default_index_dir()
+        directory = Path(os.path.abspath(directory))
+        db = directory / config.CATALOG_FILE
+        if not db.exists() and not create:
+            raise IndexNotFoundError(directory)
+        spec = None
+        if model is not None or pretrained is not None:
+            from .encoder import resolve_model
+
+            spec = resolve_model(model, pretrained)
+        return cls(directory, Catalog(db), spec, device)
+
+    def close(self) -> None:
+        self.catalog.close()
+        self._vectors.clear()
+        self._encoder = None
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- model --------------------------------------------------------------------------
+
+    @property
+    def model_info(self) -> dict[str, Any] | None:
+        """The model the index was built with (None while the index is empty)."""
+        return self.catalog.model_info()
+
+    def _spec(self) -> ModelSpec:
+        """The model to encode with: the requested one if compatible, else the stored one."""
+        from .encoder import ModelSpec, resolve_model
+
+        stored = self.model_info
+        if self._requested is not None:
+            if stored and stored["identity"] != self._requested.identity:
+                raise ModelMismatchError(stored["display"], self._requested.display)
+            return self._requested
+        if stored:
+            return ModelSpec(
+                stored["model"], stored.get("pretrained"), stored["identity"], stored["display"]
+            )
+        return resolve_model(None, None)
+
+    def encoder(self) -> Encoder:
+        """The loaded model (loaded on first use)."""
+        if self._encoder is None:
+            from .encoder import Encoder
+
+            self._encoder = Encoder.load(self._spec(), device=self._device)
+            self._record_model(self._encoder)
+        return self._encoder
+
+    def _record_model(self, encoder: Encoder) -> None:
+        if self.model_info is None:
+            spec = encoder.spec
+            self.catalog.set_model_info(
+                {
+                    "model": spec.model,
+                    "pretrained": spec.pretrained,
+                    "identity": spec.identity,
+                    "display": spec.display,
+                    "dim": encoder.dim,
+                }
+            )
+
+    @property
+    def dim(self) -> int:
+        info = self.model_info
+        return int(info["dim"]) if info else self.encoder().dim
+
+    # -- adding -------------------------------------------------------------------------
+
+    def add_images(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        exclude: Sequence[str] = (),
+        batch_size: int = 64,
+        workers: int | None = None,
+        progress: Any = None,
+    ) -> RunSummary:
+        """Index (or bring up to date) the images under ``paths``.
+
+        Returns a :class:`RunSummary`: counts of added, updated, unchanged, removed and
+        reused items, and the files skipped with their reasons.
+        """
+        from indexer.pipeline import index_images  # the indexer is only needed here
+
+        self._check_reembed_done()
+        self._spec()  # refuse a mismatched model before any work
+        summary = index_images(
+            self.catalog,
+            paths,
+            self.encoder,
+            exclude=exclude,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+        )
+        self.refresh("image")
+        return summary
+
+    def add_texts(
+        self, texts: Iterable[str], source: str = "api", progress: Any = None
+    ) -> RunSummary:
+        """Index texts given directly (empty ones are skipped; duplicates stored once)."""
+        from indexer.texts import TextRecord
+
+        records = [
+            TextRecord(t.strip(), f"{source}:{n}")
+            for n, t in enumerate(texts, 1)
+            if t and t.strip()
+        ]
+        return self._add_text_records(records, progress)
+
+    def add_text_files(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        column: str | None = None,
+        field: str = "text",
+        progress: Any = None,
+    ) -> RunSummary:
+        """Index the texts of .txt (a line each), .jsonl (``field``) or .csv/.tsv
+        (``column``) files. Lines that can't be parsed are skipped and listed."""
+        from indexer.texts import read_text_sources
+
+        result = read_text_sources(paths, column=column, field=field)
+        summary = self._add_text_records(result.records, progress)
+        from .results import Skipped
+
+        summary.skipped.extend(Skipped(src, reason) for src, reason in result.skipped)
+        return summary
+
+    def _add_text_records(self, records: Sequence[Any], progress: Any) -> RunSummary:
+        from indexer.pipeline import index_texts
+
+        self._check_reembed_done()
+        self._spec()
+        summary = index_texts(self.catalog, records, self.encoder, progress=progress)
+        self.refresh("text")
+        return summary
+
+    def reembed(
+        self, batch_size: int = 64, workers: int | None = None, progress: Any = None
+    ) -> RunSummary:
+        """Encode every item again with the requested model, which becomes the index's."""
+        from indexer.pipeline import reembed
+
+        from .encoder import Encoder
+
+        if self._requested is None:
+            raise MMSearchError("re-embedding needs a model: pass model=... (--model)")
+        encoder = Encoder.load(self._requested, device=self._device)
+        spec = encoder.spec
+        self.catalog.set_meta("reembed_pending", "1")
+        self.catalog.set_model_info(
+            {
+                "model": spec.model,
+                "pretrained": spec.pretrained,
+                "identity": spec.identity,
+                "display": spec.display,
+                "dim": encoder.dim,
+            }
+        )
+        self._encoder = encoder
+        summary = reembed(
+            self.catalog, lambda: encoder, batch_size=batch_size, workers=workers, progress=progress
+        )
+        self.catalog.set_meta("reembed_pending", "")
+        self._vectors.clear()
+        for modality in TARGETS:
+            self.refresh(modality)
+        return summary
+
+    def _check_reembed_done(self) -> None:
+        if self.catalog.get_meta("reembed_pending"):
+            if (
+                self._requested is not None
+                and self.model_info
+                and self._requested.identity == self.model_info["identity"]
+            ):
+                return
+            raise MMSearchError(
+                "a re-embedding of this index was interrupted; run it again "
+                "(`mmsearch index --reembed --model ...`) before using the index"
+            )
+
+    # -- vectors ------------------------------------------------------------------------
+
+    def _vector_paths(self, modality: str) -> tuple[Path, Path]:
+        return (
+            self.path / config.VECTORS_FILE_TEMPLATE.format(modality=modality),
+            self.path / config.MANIFEST_FILE_TEMPLATE.format(modality=modality),
+        )
+
+    def vectors(self, modality: str) -> VectorIndex:
+        """The up-to-date ANN index of ``modality`` (repaired from the catalog if stale)."""
+        vi = self._vectors.get(modality)
+        if vi is None or vi.manifest.generation != self.catalog.generation(modality):
+            vi = self.refresh(modality)
+        return vi
+
+    def refresh(self, modality: str) -> VectorIndex:
+        """Load ``modality``'s index file and bring it in line with the catalog: a missing,
+        unreadable or foreign file is rebuilt; a stale one is topped up. Saved if changed."""
+        info = self.model_info
+        model = info["identity"] if info else ""
+        dim = int(info["dim"]) if info else 0
+        generation = self.catalog.generation(modality)
+        index_file, manifest_file = self._vector_paths(modality)
+        vi = self._vectors.get(modality)
+        if vi is None and index_file.exists():
+            try:
+                vi = VectorIndex.load(index_file, manifest_file)
+            except MMSearchError as exc:
+                logger.warning("rebuilding %s index: %s", modality, exc)
+        if vi is not None and (vi.manifest.model != model or vi.manifest.dim != dim):
+            logger.info("rebuilding %s index: built for another model", modality)
+            vi = None
+        if vi is not None and vi.manifest.generation == generation:
+            self._vectors[modality] = vi
+            return vi
+        catalog_ids = self.catalog.ids(modality)
+        wanted, _ = choose_factory(len(catalog_ids), dim) if dim else ("Flat", {})
+        if vi is None or (vi.manifest.factory == "Flat") != (wanted == "Flat"):
+            vi = self._rebuild(modality, model, dim)
+        else:
+            added, removed = vi.sync_to(catalog_ids, lambda ids: self._fetch(ids, dim))
+            logger.info("%s index topped up: +%d −%d", modality, added, removed)
+        vi.manifest.generation = generation
+        if dim:
+            vi.save(index_file, manifest_file)
+        self._vectors[modality] = vi
+        return vi
+
+    def _fetch(self, ids: np.ndarray, dim: int) -> np.ndarray:
+        present, matrix = self.catalog.embeddings(ids.tolist(), dim)
+        if len(present) != len(ids):
+            raise MMSearchError("catalog changed while the vector index was being updated")
+        return matrix
+
+    def _rebuild(self, modality: str, model: str, dim: int) -> VectorIndex:
+        if not dim:
+            return VectorIndex.empty(modality, 1, model)
+        parts = list(self.catalog.iter_embeddings(modality, dim))
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        vecs = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, dim), np.float32)
+        logger.info("building %s index over %d vectors", modality, len(ids))
+        return VectorIndex.build(modality, dim, model, ids, vecs)
+
+    # -- search -------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str | Image.Image | os.PathLike[str],
+        k: int = 10,
+        target: str | None = None,
+        include_self: bool = False,
+        nprobe: int | None = None,
+    ) -> list[Hit]:
+        """Search the index.
+
+        Args:
+            query: a text (str), a PIL image, or the path of an image file (a
+                :class:`pathlib.Path`; use ``Path`` so a text is never taken for a file).
+            k: number of hits.
+            target: ``"image"`` or ``"text"``: which items to return (default: images).
+            include_self: for an image query that is itself indexed, allow it as a hit.
+            nprobe: IVF lists to visit (compressed indexes only).
+
+        Returns:
+            Hits, best first.
+        """
+        target = target or "image"
+        if target not in TARGETS:
+            raise QueryError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
+        if k < 1:
+            raise QueryError("k must be at least 1")
+        self._check_reembed_done()
+        if self.model_info is None:
+            return []
+        self._spec()  # a mismatched model is refused before anything is encoded
+        vector, self_id = self._query_vector(query)
+        exclude = {self_id} if self_id is not None and not include_self else set()
+        return search_vector(
+            self.catalog, self.vectors(target), vector, k, exclude=exclude, nprobe=nprobe
+        )
+
+    def _query_vector(self, query: Any) -> tuple[np.ndarray, int | None]:
+        if isinstance(query, str):
+            text = query.strip()
+            if not text:
+                raise QueryError("empty query: give a text or an image")
+            return self.encoder().encode_texts([text])[0], None
+        if isinstance(query, Image.Image):
+            return self.encoder().encode_images([query])[0], None
+        if isinstance(query, os.PathLike):
+            return self._image_file_vector(Path(query))
+        raise QueryError(
+            f"cannot search with a {type(query).__name__}: give a str, a PIL "
+            "image or a pathlib.Path"
+        )
+
+    def _image_file_vector(self, path: Path) -> tuple[np.ndarray, int | None]:
+        """An image file's query vector, and the id of the item it is (if indexed).
+
+        An indexed unchanged file, or an identical copy of indexed content, reuses the
+        stored embedding, so no model is loaded at all.
+        """
+        from indexer.load import load_image
+        from indexer.pipeline import draft_size
+        from indexer.scan import content_hash
+
+        path = Path(os.path.abspath(path.expanduser()))
+        try:
+            digest = content_hash(path)
+        except OSError as exc:
+            raise QueryError(f"cannot read query image {path}: {exc.strerror or exc}") from exc
+        record = self.catalog.find_path(str(path))
+        self_id = record.id if record else None
+        stored = self.catalog.embeddings_by_hash("image", [digest]).get(digest)
+        if stored is not None:  # this content is indexed: the embedding is known
+            return from_blobs([stored], self.dim)[0], self_id
+        encoder = self.encoder()
+        try:
+            loaded = load_image(str(path), draft_size=draft_size(encoder.image_size))
+        except MMSearchError as exc:
+            reason = getattr(exc, "reason", exc)
+            raise QueryError(f"cannot read query image {path}: {reason}") from exc
+        return encoder.encode_images([loaded.image])[0], self_id
+
+    # -- info ---------------------------------------------------------------------------
+
+    def info(self) -> IndexInfo:
+        """What the index holds."""
+        model = self.model_info
+        vectors = []
+        for modality in TARGETS:
+            if model is None or not self.catalog.count(modality):
+                continue
+            vi = self.vectors(modality)
+            vectors.append(
+                VectorInfo(
+                    modality,
+                    vi.count,
+                    vi.manifest.factory,
+                    dict(vi.manifest.params),
+                    vi.bytes_per_vector(),
+                )
+            )
+        size = sum(p.stat().st_size for p in self.path.glob(config.CATALOG_FILE + "*"))
+        return IndexInfo(
+            path=str(self.path),
+            model=model["display"] if model else "",
+            dim=int(model["dim"]) if model else 0,
+            images=self.catalog.count("image"),
+            texts=self.catalog.count("text"),
+            schema_version=self.catalog.schema_version,
+            vectors=vectors,
+            catalog_bytes=size,
+        )

@@ -1,0 +1,276 @@
+"""FAISS indexes: one per modality, inner product on unit vectors (= cosine).
+
+The catalog holds the truth; an index file here is a cache of it. Each index file has a
+JSON manifest beside it recording the catalog generation and the model it was built
+from, so a stale or foreign file is detected on open and repaired (see
+:meth:`VectorIndex.sync_to`), never trusted blindly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import DependencyError, IndexCorruptError
+
+logger = logging.getLogger(__name__)
+
+try:
+    import faiss
+except ImportError:  # pragma: no cover - exercised only without the extra installed
+    faiss = None
+
+#: Below this many vectors, exact search is fast enough (a 512-d flat scan of 100k
+#: vectors takes a few milliseconds) and costs no recall; above it, IVF-PQ.
+EXACT_MAX = 100_000
+
+
+def require_faiss() -> Any:
+    """The faiss module, or a clear error naming the extra to install."""
+    if faiss is None:
+        raise DependencyError(
+            "faiss", "install mmsearch[cpu] (faiss-cpu) or mmsearch[gpu] (faiss-gpu)"
+        )
+    return faiss
+
+
+@dataclass
+class Manifest:
+    """What an index file was built from.
+
+    Attributes:
+        modality: ``image`` or ``text``.
+        dim: vector dimension.
+        model: identity of the model whose embeddings the index holds.
+        generation: the catalog generation the index reflects.
+        factory: the FAISS factory string it was built with.
+        params: search parameters (e.g. ``nprobe``) and build facts (``trained_on``).
+    """
+
+    modality: str
+    dim: int
+    model: str
+    generation: int = 0
+    factory: str = "Flat"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        return cls(**json.loads(text))
+
+
+def choose_factory(n: int, dim: int) -> tuple[str, dict[str, Any]]:
+    """The index to build for ``n`` vectors: exact while small, IVF-PQ beyond.
+
+    IVF-PQ: nlist ≈ 4·√n (rounded to a power of two) keeps lists a few hundred vectors
+    long; PQ with dim/8 sub-quantisers of 8 bits (64 bytes per 512-d vector) keeps RAM
+    small, and the search layer re-ranks candidates exactly from the stored embeddings.
+    """
+    if n < EXACT_MAX:
+        return "Flat", {}
+    nlist = 1 << int(round(np.log2(4 * np.sqrt(n))))
+    m = max(1, dim // 8)
+    while dim % m:
+        m -= 1
+    return f"IVF{nlist},PQ{m}", {"nlist": nlist, "nprobe": max(8, nlist // 64)}
+
+
+class VectorIndex:
+    """One modality's ANN index with its manifest.
+
+    Args:
+        index: the FAISS index (ids are catalog item ids).
+        manifest: what it holds.
+    """
+
+    def __init__(self, index: Any, manifest: Manifest) -> None:
+        self.index = index
+        self.manifest = manifest
+
+    # -- creation -----------------------------------------------------------------------
+
+    @classmethod
+    def empty(
+        cls,
+        modality: str,
+        dim: int,
+        model: str,
+        factory: str = "Flat",
+        params: dict[str, Any] | None = None,
+    ) -> VectorIndex:
+        """A new empty index; an IVF index must be :meth:`train`-ed before adding."""
+        fs = require_faiss()
+        if factory == "Flat":
+            index = fs.IndexIDMap2(fs.IndexFlatIP(dim))
+        else:
+            index = fs.index_factory(dim, factory, fs.METRIC_INNER_PRODUCT)
+        return cls(index, Manifest(modality, dim, model, 0, factory, dict(params or {})))
+
+    @classmethod
+    def build(
+        cls,
+        modality: str,
+        dim: int,
+        model: str,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        factory: str | None = None,
+        params: dict[str, Any] | None = None,
+        seed: int = 1234,
+    ) -> VectorIndex:
+        """Build an index over ``vectors`` (float32, unit rows) labelled with ``ids``."""
+        if factory is None:
+            factory, chosen = choose_factory(len(ids), dim)
+            params = {**chosen, **(params or {})}
+        vi = cls.empty(modality, dim, model, factory, params)
+        if not vi.is_trained:
+            vi.train(vectors, seed=seed)
+        vi.add(ids, vectors)
+        return vi
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    def train(self, vectors: np.ndarray, max_train: int = 200_000, seed: int = 1234) -> None:
+        """Train the quantisers on (a random sample of at most ``max_train``) vectors."""
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(x) > max_train:
+            rng = np.random.default_rng(seed)
+            x = x[np.sort(rng.choice(len(x), max_train, replace=False))]
+        self.index.train(x)
+        self.manifest.params["trained_on"] = int(len(x))
+
+    # -- contents -----------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def bytes_per_vector(self) -> float:
+        """RAM held per vector: codes + id, plus the coarse centroids spread over all."""
+        fs = require_faiss()
+        dim = self.manifest.dim
+        if self.manifest.factory == "Flat":
+            return float(dim * 4 + 8)
+        ivf = fs.extract_index_ivf(self.index)
+        centroids = ivf.nlist * dim * 4
+        return float(ivf.code_size + 8 + centroids / max(self.count, 1))
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.index.add_with_ids(x, np.ascontiguousarray(ids, dtype=np.int64))
+
+    def remove(self, ids: Iterable[int]) -> int:
+        arr = np.fromiter((int(i) for i in ids), dtype=np.int64)
+        if len(arr) == 0:
+            return 0
+        return int(self.index.remove_ids(arr))
+
+    def ids(self) -> np.ndarray:
+        """Every id held, sorted."""
+        fs = require_faiss()
+        if isinstance(self.index, fs.IndexIDMap2 | fs.IndexIDMap):
+            return np.sort(fs.vector_to_array(self.index.id_map).astype(np.int64))
+        ivf = fs.extract_index_ivf(self.index)
+        invlists = ivf.invlists
+        parts = []
+        for list_no in range(ivf.nlist):
+            size = invlists.list_size(list_no)
+            if size:
+                ptr = invlists.get_ids(list_no)
+                parts.append(fs.rev_swig_ptr(ptr, size).copy())
+                invlists.release_ids(list_no, ptr)
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+    # -- search -------------------------------------------------------------------------
+
+    def search(
+        self, queries: np.ndarray, k: int, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query row; missing slots have id -1."""
+        fs = require_faiss()
+        q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.manifest.dim)
+        k = max(1, min(int(k), max(self.count, 1)))
+        probe = nprobe or self.manifest.params.get("nprobe")
+        if probe and self.manifest.factory != "Flat":
+            fs.extract_index_ivf(self.index).nprobe = int(probe)
+        scores, ids = self.index.search(q, k)
+        return scores, ids
+
+    # -- persistence --------------------------------------------------------------------
+
+    def save(self, path: str | Path, manifest_path: str | Path) -> None:
+        """Write the index and its manifest atomically (temp file, fsync, rename)."""
+        fs = require_faiss()
+        _atomic_write(Path(path), lambda tmp: fs.write_index(self.index, str(tmp)))
+        _atomic_write(
+            Path(manifest_path), lambda tmp: Path(tmp).write_text(self.manifest.to_json())
+        )
+
+    @classmethod
+    def load(cls, path: str | Path, manifest_path: str | Path) -> VectorIndex:
+        """Read an index and its manifest. Raises IndexCorruptError if either is unreadable."""
+        fs = require_faiss()
+        try:
+            manifest = Manifest.from_json(Path(manifest_path).read_text())
+            index = fs.read_index(str(path))
+        except (OSError, ValueError, TypeError, RuntimeError) as exc:
+            raise IndexCorruptError(f"cannot read vector index {path}: {exc}") from exc
+        if index.d != manifest.dim:
+            raise IndexCorruptError(f"{path}: dimension {index.d} ≠ manifest {manifest.dim}")
+        return cls(index, manifest)
+
+    # -- repair -------------------------------------------------------------------------
+
+    def sync_to(self, catalog_ids: np.ndarray, fetch: Any) -> tuple[int, int]:
+        """Make the index hold exactly ``catalog_ids``: add the missing (vectors from
+        ``fetch(ids) -> float32 matrix``), remove the extra. Returns (added, removed).
+
+        Items never change their embedding in place (a re-encoded item gets a new id), so
+        comparing id sets is enough to find every difference.
+        """
+        have = self.ids()
+        missing = np.setdiff1d(catalog_ids, have, assume_unique=True)
+        extra = np.setdiff1d(have, catalog_ids, assume_unique=True)
+        if len(extra):
+            self.remove(extra)
+        for start in range(0, len(missing), 20000):
+            chunk = missing[start : start + 20000]
+            self.add(chunk, fetch(chunk))
+        return len(missing), len(extra)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable (POSIX; not possible on Windows)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
