@@ -22,6 +22,7 @@ from indexer.load import load_many
 from indexer.scan import FileEntry, KnownFile, content_hash, plan_changes, scan
 from indexer.texts import TextRecord
 from mmsearch.catalog import Catalog, ItemRecord
+from mmsearch.errors import InputError
 from mmsearch.results import RunSummary, Skipped
 
 logger = logging.getLogger(__name__)
@@ -91,10 +92,8 @@ def _hash_all(entries: Sequence[FileEntry], workers: int, summary: RunSummary) -
     def one(entry: FileEntry) -> tuple[str, str | None, str | None]:
         try:
             return entry.path, content_hash(entry.path), None
-        except PermissionError:
-            return entry.path, None, "permission denied"
-        except OSError as exc:
-            return entry.path, None, f"cannot read: {exc.strerror or exc}"
+        except InputError as exc:
+            return entry.path, None, exc.reason
 
     out: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:

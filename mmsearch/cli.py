@@ -86,7 +86,7 @@ def index_option(func: F) -> F:
         type=click.Path(file_okay=False, path_type=Path),
         envvar=config.ENV_INDEX,
         show_envvar=True,
-        help="Index directory [default: the platform data dir, e.g. ~/.local/share/mmsearch/index].",
+        help="Index directory [default: platform data dir, e.g. ~/.local/share/mmsearch/index].",
     )(func)
 
 
@@ -339,9 +339,14 @@ def info_cmd(index_dir: Path | None, as_json: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: click's handling, but Ctrl-C exits 130 with one line."""
     try:
-        cli.main(prog_name="mmsearch", standalone_mode=True)
-    except KeyboardInterrupt:  # pragma: no cover - interactive
-        click.echo("interrupted", err=True)
+        cli.main(prog_name="mmsearch", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted: what was already indexed is kept", err=True)
         sys.exit(int(ExitStatus.INTERRUPTED))
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from . import config
 from .catalog import Catalog, from_blobs
-from .errors import IndexNotFoundError, MMSearchError, ModelMismatchError, QueryError
+from .errors import IndexNotFoundError, InputError, MMSearchError, ModelMismatchError, QueryError
 from .results import Hit, IndexInfo, RunSummary, VectorInfo
 from .search import search_vector
 from .vectors import VectorIndex, choose_factory
@@ -394,8 +394,8 @@ class Index:
         path = Path(os.path.abspath(path.expanduser()))
         try:
             digest = content_hash(path)
-        except OSError as exc:
-            raise QueryError(f"cannot read query image {path}: {exc.strerror or exc}") from exc
+        except InputError as exc:
+            raise QueryError(f"cannot read query image {path}: {exc.reason}") from exc
         record = self.catalog.find_path(str(path))
         self_id = record.id if record else None
         stored = self.catalog.embeddings_by_hash("image", [digest]).get(digest)
@@ -404,9 +404,8 @@ class Index:
         encoder = self.encoder()
         try:
             loaded = load_image(str(path), draft_size=draft_size(encoder.image_size))
-        except MMSearchError as exc:
-            reason = getattr(exc, "reason", exc)
-            raise QueryError(f"cannot read query image {path}: {reason}") from exc
+        except InputError as exc:
+            raise QueryError(f"cannot read query image {path}: {exc.reason}") from exc
         return encoder.encode_images([loaded.image])[0], self_id
 
     # -- info ---------------------------------------------------------------------------

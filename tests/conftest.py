@@ -1,0 +1,74 @@
+"""Shared test setup: never touch the network; images generated on the fly."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
+os.environ.setdefault("MMSEARCH_DEVICE", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+TINY = "mmsearch-tiny"
+
+
+def noise_image(
+    seed: int, size: tuple[int, int] = (96, 72), tint: tuple[int, int, int] = (0, 0, 0)
+) -> Image.Image:
+    """A seeded random RGB image: every seed gives a clearly different picture."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, size=(size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8)
+    arr = np.kron(blocks, np.ones((8, 8, 1), dtype=np.uint8))[: size[1], : size[0]]
+    arr = np.clip(arr.astype(np.int16) + np.array(tint), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def exif_rotated_jpeg(path: Path, seed: int) -> None:
+    """A landscape JPEG whose EXIF says 'rotate 90° clockwise' (orientation 6)."""
+    img = noise_image(seed, size=(120, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.save(path, "JPEG", quality=95, exif=exif.tobytes())
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> dict[str, Path]:
+    """A folder of images in several formats plus three files that are not images."""
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    files = {
+        "a.jpg": ("JPEG", 1),
+        "b.png": ("PNG", 2),
+        "c.webp": ("WEBP", 3),
+        "sub/d.bmp": ("BMP", 4),
+        "sub/e.tiff": ("TIFF", 5),
+    }
+    out: dict[str, Path] = {}
+    for name, (fmt, seed) in files.items():
+        path = root / name
+        kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+        noise_image(seed).save(path, fmt, **kwargs)
+        out[name] = path
+    gif = root / "f.gif"
+    noise_image(6).convert("P", palette=Image.Palette.ADAPTIVE).save(gif)
+    out["f.gif"] = gif
+    rotated = root / "rotated.jpg"
+    exif_rotated_jpeg(rotated, 7)
+    out["rotated.jpg"] = rotated
+    # Not images: a truncated JPEG, an empty file, a text file named .jpg.
+    truncated = root / "broken.jpg"
+    truncated.write_bytes(out["a.jpg"].read_bytes()[:300])
+    (root / "empty.png").write_bytes(b"")
+    (root / "notes.jpg").write_text("this is not a picture\n")
+    (root / ".hidden").mkdir()
+    noise_image(99).save(root / ".hidden" / "secret.png")
+    out.update(broken=truncated, empty=root / "empty.png", text=root / "notes.jpg")
+    return out
+
+
+GOOD_IMAGES = 7  # images the fixture makes that can be indexed
+BAD_FILES = 3  # broken.jpg, empty.png, notes.jpg
