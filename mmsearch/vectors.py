@@ -115,6 +115,11 @@ class VectorIndex:
             index = fs.IndexIDMap2(fs.IndexFlatIP(dim))
         else:
             index = fs.index_factory(dim, factory, fs.METRIC_INNER_PRODUCT)
+            ivf = fs.downcast_index(fs.extract_index_ivf(index))
+            if hasattr(ivf, "do_polysemous_training"):
+                # index_factory turns on polysemous training for IVF-PQ; it only serves
+                # Hamming-filtered search, which we do not use, and costs minutes to train.
+                ivf.do_polysemous_training = False
         return cls(index, Manifest(modality, dim, model, 0, factory, dict(params or {})))
 
     @classmethod
