@@ -293,10 +293,11 @@ class Catalog:
         return out
 
     def iter_embeddings(
-        self, modality: str, dim: int, batch: int = 20000
+        self, modality: str, dim: int, batch: int = 20000, after: int = -1
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """All of a modality's (ids, float32 vectors), in id order, ``batch`` rows at a time."""
-        last = -1
+        """A modality's (ids, float32 vectors) with id > ``after``, in id order, ``batch``
+        rows at a time."""
+        last = after
         with self.session() as s:
             while True:
                 stmt = (
