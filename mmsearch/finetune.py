@@ -212,8 +212,9 @@ def _lock(model: torch.nn.Module, cfg: FinetuneConfig) -> None:
         model.lock_image_tower(unlocked_groups=cfg.unlocked_image_groups)
     if cfg.lock_text:
         model.lock_text_tower(unlocked_layers=cfg.unlocked_text_layers)
-    if not any(p.requires_grad for p in model.parameters()):
-        raise MMSearchError("every parameter is locked: nothing to train")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not [n for n in trainable if not n.startswith("logit_")]:
+        raise MMSearchError("both towers are locked: nothing to train but the temperature")
 
 
 class _Trainer:
