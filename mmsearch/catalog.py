@@ -28,6 +28,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
     update,
 )
@@ -155,6 +156,9 @@ class Catalog:
         except DatabaseError as exc:
             self.engine.dispose()
             raise IndexCorruptError(f"cannot read catalog {self.path}: {exc}") from exc
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -174,9 +178,15 @@ class Catalog:
     # -- schema -------------------------------------------------------------------------
 
     def _init_schema(self) -> None:
+        tables = set(inspect(self.engine).get_table_names())
+        if tables and "meta" not in tables:
+            # Another application's database: refuse it rather than write into it.
+            raise IndexCorruptError(f"{self.path} is not an mmsearch catalog")
         Base.metadata.create_all(self.engine)
         with self.session() as s, s.begin():
             row = s.get(Meta, "schema_version")
+            if row is None and tables:
+                raise IndexCorruptError(f"{self.path} is not an mmsearch catalog")
             if row is None:
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
                 return
