@@ -23,7 +23,8 @@ from .catalog import Catalog, from_blobs
 from .errors import IndexNotFoundError, InputError, MMSearchError, ModelMismatchError, QueryError
 from .results import Hit, IndexInfo, RunSummary, VectorInfo
 from .search import search_vector
-from .vectors import VectorIndex, choose_factory
+from .upkeep import Settings, Upkeep
+from .vectors import VectorIndex
 
 if TYPE_CHECKING:
     from .encoder import Encoder, ModelSpec
@@ -55,6 +56,7 @@ class Index:
         self._device = device
         self._encoder: Encoder | None = None
         self._vectors: dict[str, VectorIndex] = {}
+        self._keeper: Upkeep | None = None
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -246,6 +248,9 @@ class Index:
         summary = reembed(
             self.catalog, lambda: encoder, batch_size=batch_size, workers=workers, progress=progress
         )
+        keeper = self._upkeep()
+        if keeper is not None:  # rows written mid-way would hold old-model vectors
+            keeper.reset()
         self.catalog.set_meta("reembed_pending", "")
         self._vectors.clear()
         for modality in TARGETS:
@@ -267,11 +272,14 @@ class Index:
 
     # -- vectors ------------------------------------------------------------------------
 
-    def _vector_paths(self, modality: str) -> tuple[Path, Path]:
-        return (
-            self.path / config.VECTORS_FILE_TEMPLATE.format(modality=modality),
-            self.path / config.MANIFEST_FILE_TEMPLATE.format(modality=modality),
-        )
+    def _upkeep(self) -> Upkeep | None:
+        """Maintainer of the store and vector indexes (None while the index is empty)."""
+        info = self.model_info
+        if info is None:
+            return None
+        if self._keeper is None or self._keeper.model != info["identity"]:
+            self._keeper = Upkeep(self.path, self.catalog, info["identity"], int(info["dim"]))
+        return self._keeper
 
     def vectors(self, modality: str) -> VectorIndex:
         """The up-to-date ANN index of ``modality`` (repaired from the catalog if stale)."""
@@ -281,52 +289,45 @@ class Index:
         return vi
 
     def refresh(self, modality: str) -> VectorIndex:
-        """Load ``modality``'s index file and bring it in line with the catalog: a missing,
-        unreadable or foreign file is rebuilt; a stale one is topped up. Saved if changed."""
-        info = self.model_info
-        model = info["identity"] if info else ""
-        dim = int(info["dim"]) if info else 0
-        generation = self.catalog.generation(modality)
-        index_file, manifest_file = self._vector_paths(modality)
-        vi = self._vectors.get(modality)
-        if vi is None and index_file.exists():
-            try:
-                vi = VectorIndex.load(index_file, manifest_file)
-            except MMSearchError as exc:
-                logger.warning("rebuilding %s index: %s", modality, exc)
-        if vi is not None and (vi.manifest.model != model or vi.manifest.dim != dim):
-            logger.info("rebuilding %s index: built for another model", modality)
-            vi = None
-        if vi is not None and vi.manifest.generation == generation:
-            self._vectors[modality] = vi
-            return vi
-        catalog_ids = self.catalog.ids(modality)
-        wanted, _ = choose_factory(len(catalog_ids), dim) if dim else ("Flat", {})
-        if vi is None or (vi.manifest.factory == "Flat") != (wanted == "Flat"):
-            vi = self._rebuild(modality, model, dim)
-        else:
-            added, removed = vi.sync_to(catalog_ids, lambda ids: self._fetch(ids, dim))
-            logger.info("%s index topped up: +%d −%d", modality, added, removed)
-        vi.manifest.generation = generation
-        if dim:
-            vi.save(index_file, manifest_file)
+        """Bring ``modality``'s index in line with the catalog: a missing, unreadable or
+        foreign file is rebuilt; a stale one is topped up. Saved if changed."""
+        keeper = self._upkeep()
+        if keeper is None:
+            return VectorIndex.empty(modality, 1, "")
+        vi = keeper.refresh(modality, self._vectors.get(modality))
         self._vectors[modality] = vi
         return vi
 
-    def _fetch(self, ids: np.ndarray, dim: int) -> np.ndarray:
-        present, matrix = self.catalog.embeddings(ids.tolist(), dim)
-        if len(present) != len(ids):
-            raise MMSearchError("catalog changed while the vector index was being updated")
-        return matrix
+    def configure(
+        self,
+        index_type: str | None = None,
+        memory_budget: int | None = None,
+        recall_target: float | None = None,
+    ) -> None:
+        """Choose the ANN index: ``index_type`` ("auto", "flat", "ivfpq"), a RAM budget in
+        bytes for the compressed codes, and the recall@10 target nprobe is tuned for.
+        The indexes are rebuilt on next use if the choice changes them."""
+        from dataclasses import replace
 
-    def _rebuild(self, modality: str, model: str, dim: int) -> VectorIndex:
-        if not dim:
-            return VectorIndex.empty(modality, 1, model)
-        parts = list(self.catalog.iter_embeddings(modality, dim))
-        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-        vecs = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, dim), np.float32)
-        logger.info("building %s index over %d vectors", modality, len(ids))
-        return VectorIndex.build(modality, dim, model, ids, vecs)
+        from .index_policy import choose_spec
+
+        current = Settings.load(self.catalog)
+        new = replace(
+            current,
+            index_type=index_type or current.index_type,
+            memory_budget=memory_budget if memory_budget is not None else current.memory_budget,
+            recall_target=recall_target or current.recall_target,
+        )
+        choose_spec(1_000_000, 512, index_type=new.index_type, memory_budget=new.memory_budget)
+        if new != current:
+            new.save(self.catalog)
+            for modality in TARGETS:  # force a rebuild under the new settings
+                self.catalog.set_meta(
+                    f"generation:{modality}", str(self.catalog.generation(modality) + 1)
+                )
+                self._vectors.pop(modality, None)
+                for path in (self.path / f"vectors-{modality}.faiss",):
+                    path.unlink(missing_ok=True)
 
     # -- search -------------------------------------------------------------------------
 
@@ -362,8 +363,12 @@ class Index:
         self._spec()  # a mismatched model is refused before anything is encoded
         vector, self_id = self._query_vector(query)
         exclude = {self_id} if self_id is not None and not include_self else set()
+        vi = self.vectors(target)
+        keeper = self._upkeep()
+        if keeper is None:  # cannot happen: model_info was checked above
+            return []
         return search_vector(
-            self.catalog, self.vectors(target), vector, k, exclude=exclude, nprobe=nprobe
+            self.catalog, vi, vector, k, keeper.store.get, exclude=exclude, nprobe=nprobe
         )
 
     def _query_vector(self, query: Any) -> tuple[np.ndarray, int | None]:

@@ -1,12 +1,12 @@
 """Queries of every direction: vector → ANN candidates → exact re-rank → hits with metadata.
 
-This module composes components (catalog, vectors) handed to it; it loads no model
-itself — the caller turns a text or image into a query vector first.
+This module composes components (catalog, vectors, a fetch of stored embeddings) handed to
+it; it loads no model itself — the caller turns a text or image into a query vector first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import numpy as np
 
@@ -24,40 +24,51 @@ def search_vector(
     vectors: VectorIndex,
     query: np.ndarray,
     k: int,
+    fetch: Callable[[list[int]], np.ndarray],
     exclude: Collection[int] = (),
     nprobe: int | None = None,
-    rerank_factor: int = RERANK_FACTOR,
 ) -> list[Hit]:
     """Top-``k`` items for one unit query vector, best first.
 
     Args:
-        catalog: where metadata and stored embeddings come from.
+        catalog: where metadata comes from.
         vectors: the ANN index of the target modality.
         query: (dim,) float32 unit vector.
         k: hits wanted.
+        fetch: stored float32 embeddings of item ids, for the exact re-rank.
         exclude: item ids never returned (e.g. the query image itself).
-        nprobe: IVF lists visited (IVF indexes only); default: the index's own.
-        rerank_factor: candidates per hit re-scored exactly (compressed indexes only).
+        nprobe: IVF lists visited (IVF indexes only); default: the index's tuned value.
     """
     if k < 1 or vectors.count == 0:
         return []
-    exact = vectors.manifest.factory == "Flat"
+    params = vectors.manifest.params
+    exact = params.get("kind", "flat") == "flat"
     want = k + len(exclude)
-    fetch = want if exact else want * rerank_factor
-    scores, ids = vectors.search(query[None, :], fetch, nprobe=nprobe)
+    factor = int(params.get("rerank_factor", RERANK_FACTOR))
+    scores, ids = vectors.search(query[None, :], want if exact else want * factor, nprobe=nprobe)
     keep = [
         (int(i), float(s))
         for i, s in zip(ids[0], scores[0], strict=True)
         if i >= 0 and int(i) not in exclude
     ]
-    if not keep:
-        return []
-    if not exact:
-        keep = _rerank(catalog, vectors.manifest.dim, query, [i for i, _ in keep])
-    keep = keep[:k]
-    records = catalog.records(i for i, _ in keep)
+    if keep and not exact:
+        keep = _rerank(fetch, query, [i for i, _ in keep])
+    return _hits(catalog, keep[:k])
+
+
+def _rerank(
+    fetch: Callable[[list[int]], np.ndarray], query: np.ndarray, ids: list[int]
+) -> list[tuple[int, float]]:
+    """Exact cosine of each candidate against its stored embedding, best first."""
+    exact = fetch(ids) @ query.astype(np.float32)
+    order = np.argsort(-exact, kind="stable")
+    return [(ids[j], float(exact[j])) for j in order]
+
+
+def _hits(catalog: Catalog, scored: list[tuple[int, float]]) -> list[Hit]:
+    records = catalog.records(i for i, _ in scored)
     hits = []
-    for item_id, score in keep:
+    for item_id, score in scored:
         rec = records.get(item_id)
         if rec is None:  # removed from the catalog since the index was loaded
             continue
@@ -74,13 +85,3 @@ def search_vector(
             )
         )
     return hits
-
-
-def _rerank(
-    catalog: Catalog, dim: int, query: np.ndarray, ids: list[int]
-) -> list[tuple[int, float]]:
-    """Exact cosine of each candidate against its stored embedding, best first."""
-    present, stored = catalog.embeddings(ids, dim)
-    exact = stored @ query.astype(np.float32)
-    order = np.argsort(-exact, kind="stable")
-    return [(present[j], float(exact[j])) for j in order]

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DependencyError, IndexCorruptError
+from .index_policy import choose_spec
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +28,6 @@ try:
     import faiss
 except ImportError:  # pragma: no cover - exercised only without the extra installed
     faiss = None
-
-#: Below this many vectors, exact search is fast enough (a 512-d flat scan of 100k
-#: vectors takes a few milliseconds) and costs no recall; above it, IVF-PQ.
-EXACT_MAX = 100_000
 
 
 def require_faiss() -> Any:
@@ -70,20 +67,11 @@ class Manifest:
         return cls(**json.loads(text))
 
 
-def choose_factory(n: int, dim: int) -> tuple[str, dict[str, Any]]:
-    """The index to build for ``n`` vectors: exact while small, IVF-PQ beyond.
-
-    IVF-PQ: nlist ≈ 4·√n (rounded to a power of two) keeps lists a few hundred vectors
-    long; PQ with dim/8 sub-quantisers of 8 bits (64 bytes per 512-d vector) keeps RAM
-    small, and the search layer re-ranks candidates exactly from the stored embeddings.
-    """
-    if n < EXACT_MAX:
-        return "Flat", {}
-    nlist = 1 << int(round(np.log2(4 * np.sqrt(n))))
-    m = max(1, dim // 8)
-    while dim % m:
-        m -= 1
-    return f"IVF{nlist},PQ{m}", {"nlist": nlist, "nprobe": max(8, nlist // 64)}
+def kind_of(factory: str) -> str:
+    """``flat``, ``ivfpq`` or ``ivf``: how a factory string searches."""
+    if factory == "Flat":
+        return "flat"
+    return "ivfpq" if "PQ" in factory else "ivf"
 
 
 class VectorIndex:
@@ -120,7 +108,9 @@ class VectorIndex:
                 # index_factory turns on polysemous training for IVF-PQ; it only serves
                 # Hamming-filtered search, which we do not use, and costs minutes to train.
                 ivf.do_polysemous_training = False
-        return cls(index, Manifest(modality, dim, model, 0, factory, dict(params or {})))
+        params = dict(params or {})
+        params.setdefault("kind", kind_of(factory))
+        return cls(index, Manifest(modality, dim, model, 0, factory, params))
 
     @classmethod
     def build(
@@ -136,8 +126,9 @@ class VectorIndex:
     ) -> VectorIndex:
         """Build an index over ``vectors`` (float32, unit rows) labelled with ``ids``."""
         if factory is None:
-            factory, chosen = choose_factory(len(ids), dim)
-            params = {**chosen, **(params or {})}
+            spec = choose_spec(len(ids), dim)
+            factory = spec.factory
+            params = {"kind": spec.kind, "nlist": spec.nlist, **(params or {})}
         vi = cls.empty(modality, dim, model, factory, params)
         if not vi.is_trained:
             vi.train(vectors, seed=seed)
@@ -211,7 +202,7 @@ class VectorIndex:
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.manifest.dim)
         k = max(1, min(int(k), max(self.count, 1)))
         probe = nprobe or self.manifest.params.get("nprobe")
-        if probe and self.manifest.factory != "Flat":
+        if probe and self.manifest.factory != "Flat":  # nprobe applies to IVF only
             fs.extract_index_ivf(self.index).nprobe = int(probe)
         scores, ids = self.index.search(q, k)
         return scores, ids
@@ -279,3 +270,82 @@ def _atomic_write(path: Path, write: Any) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def exact_topk(
+    queries: np.ndarray,
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    k: int,
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
+    """Exact top-``k`` ids by inner product, streaming over (ids, vectors) chunks so the
+    corpus is never whole in RAM. ``exclude[i]`` is an id query ``i`` must not return
+    (itself, for queries drawn from the corpus), or -1."""
+    nq = len(queries)
+    best_s = np.full((nq, k), -np.inf, dtype=np.float32)
+    best_i = np.full((nq, k), -1, dtype=np.int64)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    for ids, vecs in chunks:
+        scores = q @ np.ascontiguousarray(vecs, dtype=np.float32).T
+        if exclude is not None:
+            scores[ids[None, :] == exclude[:, None]] = -np.inf
+        all_s = np.concatenate([best_s, scores], axis=1)
+        all_i = np.concatenate([best_i, np.broadcast_to(ids, scores.shape)], axis=1)
+        top = np.argpartition(-all_s, min(k, all_s.shape[1] - 1), axis=1)[:, :k]
+        best_s = np.take_along_axis(all_s, top, axis=1)
+        best_i = np.take_along_axis(all_i, top, axis=1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_i, order, axis=1)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean share of each query's true top-``k`` that appears in its found top-``k``."""
+    hits = [
+        len(set(f[:k].tolist()) & set(t[:k].tolist())) for f, t in zip(found, truth, strict=True)
+    ]
+    return float(np.mean(hits)) / k if hits else 1.0
+
+
+def tune_nprobe(
+    search: Any,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    nlist: int,
+    k: int = 10,
+    target: float = 0.95,
+) -> tuple[int, float]:
+    """The smallest nprobe whose recall@k reaches ``target``.
+
+    Args:
+        search: ``search(queries, k, nprobe) -> ids (nq, k)``, the full query path
+            (ANN candidates + exact re-rank), so the tuned recall is what users get.
+        queries: held-out query vectors.
+        truth: their exact top-k ids.
+        nlist: the number of inverted lists (upper bound of nprobe).
+        k: recall cut-off.
+        target: recall wanted.
+
+    Returns:
+        (nprobe, the recall it reached). Doubles nprobe until the target is met, then
+        bisects between the last two values; if even nprobe = nlist falls short, returns
+        nlist with its recall.
+    """
+    cache: dict[int, float] = {}
+
+    def rec(p: int) -> float:
+        if p not in cache:
+            cache[p] = recall_at_k(search(queries, k, p), truth, k)
+        return cache[p]
+
+    lo, hi = 0, 1
+    while rec(hi) < target:
+        if hi >= nlist:
+            return nlist, rec(nlist)
+        lo, hi = hi, min(hi * 2, nlist)
+    while hi - lo > max(1, hi // 8):  # bisect to within ~12%: finer is noise
+        mid = (lo + hi) // 2
+        if rec(mid) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi, rec(hi)

@@ -11,7 +11,7 @@ from conftest import GOOD_IMAGES, TINY, noise_image
 from PIL import Image
 
 import mmsearch
-from mmsearch import vectors as vectors_module
+from mmsearch import index_policy
 from mmsearch.encoder import Encoder
 
 
@@ -69,7 +69,7 @@ def test_empty_index_returns_no_hits(tmp_path):
 
 def test_switches_to_ivfpq_when_large(tmp_path, monkeypatch):
     """Past the exact-search threshold the index becomes IVF-PQ and still finds items."""
-    monkeypatch.setattr(vectors_module, "EXACT_MAX", 300)
+    monkeypatch.setattr(index_policy, "EXACT_MAX", 300)
     rng = np.random.default_rng(0)
     words = [
         "red",

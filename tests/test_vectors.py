@@ -12,8 +12,9 @@ import pytest
 
 from mmsearch.catalog import Catalog
 from mmsearch.errors import IndexCorruptError
+from mmsearch.index_policy import EXACT_MAX, choose_spec
 from mmsearch.search import search_vector
-from mmsearch.vectors import EXACT_MAX, Manifest, VectorIndex, choose_factory
+from mmsearch.vectors import Manifest, VectorIndex
 
 MODEL = "test-model"
 
@@ -245,30 +246,29 @@ def test_sync_to_adds_missing_and_removes_extra() -> None:
 
 
 @pytest.mark.parametrize("n", [0, 1, 5_000, EXACT_MAX - 1])
-def test_choose_factory_flat_below_exact_max(n: int) -> None:
-    assert choose_factory(n, 512) == ("Flat", {})
+def test_choose_spec_flat_below_exact_max(n: int) -> None:
+    assert choose_spec(n, 512).factory == "Flat"
 
 
 @pytest.mark.parametrize("n", [EXACT_MAX, 250_000, 1_000_000, 20_000_000])
 @pytest.mark.parametrize("dim", [512, 768, 1024, 100])
-def test_choose_factory_ivf_pq_above(n: int, dim: int) -> None:
-    factory, params = choose_factory(n, dim)
-    match = re.fullmatch(r"IVF(\d+),PQ(\d+)(np)?", factory)
-    assert match, factory
-    nlist, m = int(match[1]), int(match[2])
+def test_choose_spec_ivf_pq_above(n: int, dim: int) -> None:
+    spec = choose_spec(n, dim)
+    match = re.fullmatch(r"(OPQ\d+,)?IVF(\d+),PQ(\d+)", spec.factory)
+    assert match, spec.factory
+    nlist, m = int(match[2]), int(match[3])
     assert nlist & (nlist - 1) == 0  # a power of two
-    assert nlist == params["nlist"]
+    assert nlist == spec.nlist and m == spec.pq_m
     assert 2 * math.sqrt(n) <= nlist <= 8 * math.sqrt(n)  # ≈ 4·√n
     assert dim % m == 0  # PQ needs equal sub-vectors
     assert 1 <= m <= dim
-    assert 1 <= params["nprobe"] <= nlist
-    faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)  # faiss accepts it
+    faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)  # faiss accepts it
 
 
 def test_chosen_ivf_pq_skips_polysemous_training() -> None:
     """Polysemous training made IVF-PQ training ~57x slower and search never uses it."""
-    factory, params = choose_factory(EXACT_MAX, 512)
-    vi = VectorIndex.empty("image", 512, MODEL, factory, params)
+    spec = choose_spec(EXACT_MAX, 512)
+    vi = VectorIndex.empty("image", 512, MODEL, spec.factory)
     assert not faiss.downcast_index(faiss.extract_index_ivf(vi.index)).do_polysemous_training
 
 
@@ -338,7 +338,11 @@ def test_ivf_pq_rerank_from_catalog_raises_recall(
     ivf: VectorIndex = ivf_case["ivf"]
     xq, truth = ivf_case["xq"], ivf_case["truth"]
     _, raw = ivf.search(xq, K)
-    hits = [search_vector(ivf_catalog, ivf, q, K) for q in xq]
+
+    def fetch(ids: list[int]) -> np.ndarray:
+        return ivf_catalog.embeddings(ids, IVF_DIM)[1]
+
+    hits = [search_vector(ivf_catalog, ivf, q, K, fetch) for q in xq]
     assert all(len(h) == K for h in hits)
     reranked = np.array([[h.id for h in row] for row in hits])
     raw_recall, rerank_recall = recall_at(raw, truth), recall_at(reranked, truth)

@@ -1,0 +1,121 @@
+"""A memory-mapped float16 matrix of embeddings beside the catalog: row ``i`` is item ``i``.
+
+Like the FAISS files it is a cache of the catalog (which holds every embedding too), kept
+because re-ranking ANN candidates needs a few hundred embeddings by id in well under a
+millisecond, without reading all of them into RAM. Only pages that are touched are read.
+
+Items never change their embedding in place (a re-encoded file gets a new id; a new model
+rebuilds everything), and ids only grow, so keeping the store current is a matter of
+writing the rows above a per-modality high-water mark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+#: Grow the file by at least this factor, so appending rows does not remap every time.
+_GROWTH = 1.25
+
+
+class EmbeddingStore:
+    """Float16 embeddings by item id, memory-mapped.
+
+    Args:
+        path: the matrix file (a JSON manifest sits beside it, same name + ``.json``).
+        dim: embedding dimension.
+        model: identity of the model the embeddings come from; a store written for another
+            model is discarded on open.
+    """
+
+    def __init__(self, path: str | Path, dim: int, model: str) -> None:
+        self.path = Path(path)
+        self.meta_path = self.path.with_suffix(self.path.suffix + ".json")
+        self.dim = dim
+        self.model = model
+        self.high_water: dict[str, int] = {}
+        self._mm: np.memmap | None = None
+        meta = self._read_meta()
+        if meta.get("model") != model or meta.get("dim") != dim or not self.path.exists():
+            self.path.unlink(missing_ok=True)
+            self._write_meta()
+        else:
+            self.high_water = {k: int(v) for k, v in meta.get("high_water", {}).items()}
+
+    def _read_meta(self) -> dict:
+        try:
+            return json.loads(self.meta_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write_meta(self) -> None:
+        tmp = self.meta_path.with_suffix(".tmp")
+        meta = {"model": self.model, "dim": self.dim, "high_water": self.high_water}
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, self.meta_path)
+
+    @property
+    def rows(self) -> int:
+        """Rows the file has room for."""
+        return self.path.stat().st_size // (2 * self.dim) if self.path.exists() else 0
+
+    def _map(self, min_rows: int = 0) -> np.memmap:
+        if min_rows > self.rows:
+            new_rows = max(min_rows, int(self.rows * _GROWTH) + 1024)
+            self._mm = None
+            with open(self.path, "ab") as f:
+                f.truncate(new_rows * 2 * self.dim)
+        if self._mm is None or len(self._mm) != self.rows:
+            self._mm = np.memmap(self.path, dtype="<f2", mode="r+", shape=(self.rows, self.dim))
+        return self._mm
+
+    def write(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Store rows (ids must be ≥ 0)."""
+        if len(ids) == 0:
+            return
+        mm = self._map(int(ids.max()) + 1)
+        mm[ids] = vectors.astype("<f2")
+
+    def get(self, ids: Iterable[int]) -> np.ndarray:
+        """float32 rows of ``ids`` (ids beyond the file read as zeros)."""
+        idx = np.fromiter((int(i) for i in ids), dtype=np.int64)
+        out = np.zeros((len(idx), self.dim), dtype=np.float32)
+        if self.rows == 0 or len(idx) == 0:
+            return out
+        mm = self._map()
+        ok = idx < len(mm)
+        out[ok] = mm[idx[ok]]
+        return out
+
+    def catch_up(self, modality: str, batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> int:
+        """Write the (ids, vectors) batches of ``modality`` and raise its high-water mark.
+
+        ``batches`` must yield ids above :meth:`mark` in increasing order (the catalog's
+        ``iter_embeddings(..., after=mark)``). Returns the number of rows written.
+        """
+        written = 0
+        for ids, vecs in batches:
+            self.write(ids, vecs)
+            written += len(ids)
+            self.high_water[modality] = int(ids[-1])
+        if written:
+            self.flush()
+        return written
+
+    def mark(self, modality: str) -> int:
+        """Highest id of ``modality`` known to be written (-1 when none)."""
+        return self.high_water.get(modality, -1)
+
+    def flush(self) -> None:
+        if self._mm is not None:
+            self._mm.flush()
+        self._write_meta()
+
+    def close(self) -> None:
+        if self._mm is not None:
+            self._mm.flush()
+        self._mm = None
