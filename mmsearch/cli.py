@@ -180,6 +180,21 @@ def _open(
 @click.option(
     "--reembed", is_flag=True, help="Encode everything again with --model (switch models)."
 )
+@click.option(
+    "--index-type",
+    type=click.Choice(["auto", "flat", "ivfpq"]),
+    help="ANN index: auto (exact while small, IVF-PQ beyond), flat or ivfpq. Kept.",
+)
+@click.option(
+    "--memory-budget",
+    metavar="SIZE",
+    help="Most RAM the vector index may hold, e.g. 512M, 2G. Kept.",
+)
+@click.option(
+    "--recall-target",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="recall@10 that IVF nprobe is tuned to reach [default: 0.95]. Kept.",
+)
 @model_options
 @index_option
 @json_option
@@ -195,6 +210,9 @@ def index_cmd(
     batch_size: int,
     workers: int | None,
     reembed: bool,
+    index_type: str | None,
+    memory_budget: str | None,
+    recall_target: float | None,
     model: str | None,
     pretrained: str | None,
     device: str | None,
@@ -206,13 +224,17 @@ def index_cmd(
     Unchanged files are skipped, changed ones re-encoded, deleted ones removed; renamed,
     moved or duplicate files reuse their stored embedding.
     """
-    if not paths and not text_files and not reembed:
+    tuning = index_type or memory_budget or recall_target
+    if not paths and not text_files and not reembed and not tuning:
         raise click.UsageError("give image folders/files to index, --texts FILE, or --reembed")
+    budget = _parse_budget(memory_budget)
     progress = _progress(not obj["quiet"])
     from .results import RunSummary
 
     total = RunSummary()
     with _open(index_dir, model, pretrained, device) as index:
+        if tuning:
+            index.configure(index_type, budget, recall_target)
         if reembed:
             _merge(total, index.reembed(batch_size=batch_size, workers=workers, progress=progress))
         if paths:
@@ -234,6 +256,17 @@ def index_cmd(
                 ),
             )
     _print_summary(total, as_json)
+
+
+def _parse_budget(text: str | None) -> int | None:
+    if text is None:
+        return None
+    from .index_policy import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--memory-budget") from exc
 
 
 def _merge(total: Any, part: Any) -> None:

@@ -305,8 +305,12 @@ class Index:
         recall_target: float | None = None,
     ) -> None:
         """Choose the ANN index: ``index_type`` ("auto", "flat", "ivfpq"), a RAM budget in
-        bytes for the compressed codes, and the recall@10 target nprobe is tuned for.
-        The indexes are rebuilt on next use if the choice changes them."""
+        bytes, and the recall@10 target nprobe is tuned for. Settings are kept in the
+        catalog; the vector indexes are rebuilt now if the choice changes them.
+
+        Raises:
+            MMSearchError: a budget the current corpus cannot fit, or an unknown type.
+        """
         from dataclasses import replace
 
         from .index_policy import choose_spec
@@ -318,16 +322,28 @@ class Index:
             memory_budget=memory_budget if memory_budget is not None else current.memory_budget,
             recall_target=recall_target or current.recall_target,
         )
-        choose_spec(1_000_000, 512, index_type=new.index_type, memory_budget=new.memory_budget)
-        if new != current:
-            new.save(self.catalog)
-            for modality in TARGETS:  # force a rebuild under the new settings
-                self.catalog.set_meta(
-                    f"generation:{modality}", str(self.catalog.generation(modality) + 1)
+        dim = int(self.model_info["dim"]) if self.model_info else 512
+        for modality in TARGETS:  # refuse a budget the corpus cannot fit, before saving
+            try:
+                choose_spec(
+                    self.catalog.count(modality),
+                    dim,
+                    index_type=new.index_type,
+                    memory_budget=new.memory_budget,
                 )
-                self._vectors.pop(modality, None)
-                for path in (self.path / f"vectors-{modality}.faiss",):
+            except ValueError as exc:
+                raise MMSearchError(f"{modality} index: {exc}") from exc
+        if new == current:
+            return
+        new.save(self.catalog)
+        keeper = self._upkeep()
+        for modality in TARGETS:  # rebuild under the new settings
+            self._vectors.pop(modality, None)
+            if keeper is not None:
+                for path in keeper.paths(modality):
                     path.unlink(missing_ok=True)
+                if self.catalog.count(modality):
+                    self.refresh(modality)
 
     # -- search -------------------------------------------------------------------------
 

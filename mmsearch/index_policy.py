@@ -42,6 +42,9 @@ INDEX_TYPES = ("auto", "flat", "ivfpq")
 ID_BYTES = 8
 #: Smallest PQ code (bytes) we build; below it recall collapses even with re-ranking.
 MIN_CODE_BYTES = 8
+#: Fewest vectors an IVF-PQ index is built for (its 256-entry codebooks need them);
+#: an index asked to be IVF-PQ stays exact until the corpus reaches this size.
+MIN_IVF_VECTORS = 1_000
 #: Growth factor of the corpus past the build size that triggers retraining.
 RETRAIN_GROWTH = 4
 
@@ -77,7 +80,10 @@ class IndexSpec:
 
 
 def _nlist(n: int) -> int:
-    return max(64, 1 << round(math.log2(4 * math.sqrt(max(n, 1)))))
+    """≈ 4·√n as a power of two, but at most n/39 (k-means wants ≥ 39 points a centroid)."""
+    ideal = 1 << round(math.log2(4 * math.sqrt(max(n, 1))))
+    most = 1 << max(0, int(math.log2(max(n // 39, 1))))
+    return max(1, min(ideal, most))
 
 
 def _divisor_at_most(dim: int, m: int) -> int:
@@ -107,7 +113,8 @@ def choose_spec(
         )
     flat = IndexSpec("flat", "Flat")
     flat_fits = memory_budget is None or flat.bytes_per_vector(dim) * n <= memory_budget
-    if index_type == "flat" or (index_type == "auto" and n < EXACT_MAX and flat_fits):
+    too_few = n < MIN_IVF_VECTORS  # PQ's 256-centroid codebooks cannot be trained on fewer
+    if index_type == "flat" or too_few or (index_type == "auto" and n < EXACT_MAX and flat_fits):
         if not flat_fits:
             raise ValueError(
                 f"a flat index of {n} vectors needs "

@@ -1,0 +1,132 @@
+"""The float16 store and the vector-index upkeep: build, tune, top up, delete, retrain, reopen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmsearch import index_policy
+from mmsearch.catalog import Catalog
+from mmsearch.store import EmbeddingStore
+from mmsearch.upkeep import Settings, Upkeep, search_with_rerank
+from mmsearch.vectors import exact_topk, recall_at_k
+
+DIM = 32
+MODEL = "synthetic"
+
+
+def clustered(n: int, seed: int, centres: int = 50) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, DIM)).astype(np.float32)
+    x = c[rng.integers(0, centres, n)] + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def fill(
+    catalog: Catalog, vectors: np.ndarray, modality: str = "image", start: int = 0
+) -> list[int]:
+    rows = [
+        {
+            "modality": modality,
+            "path": f"/x/{modality}{start + i}.png" if modality == "image" else None,
+            "text": None if modality == "image" else f"t{start + i}",
+            "content_hash": f"{modality}{start + i}",
+            "embedding": v,
+        }
+        for i, v in enumerate(vectors)
+    ]
+    return catalog.add(rows)
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Catalog:
+    cat = Catalog(tmp_path / "catalog.sqlite")
+    cat.set_model_info({"model": MODEL, "identity": MODEL, "display": MODEL, "dim": DIM})
+    yield cat
+    cat.close()
+
+
+@pytest.fixture
+def small_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_policy, "EXACT_MAX", 2_000)
+
+
+def test_store_rows_high_water_and_model_change(tmp_path):
+    store = EmbeddingStore(tmp_path / "e.f16", DIM, "m1")
+    x = clustered(10, 0)
+    assert store.catch_up("image", iter([(np.arange(5, 15), x)])) == 10
+    assert store.mark("image") == 14 and store.mark("text") == -1
+    np.testing.assert_allclose(store.get([5, 14]), x[[0, 9]], atol=2e-3)
+    assert not store.get([0, 999]).any()  # never written / beyond the file
+    store.close()
+    again = EmbeddingStore(tmp_path / "e.f16", DIM, "m1")
+    assert again.mark("image") == 14
+    np.testing.assert_allclose(again.get([7]), x[[2]], atol=2e-3)
+    other = EmbeddingStore(tmp_path / "e.f16", DIM, "m2")  # another model: start over
+    assert other.mark("image") == -1 and not other.get([7]).any()
+
+
+def test_small_corpus_is_exact(tmp_path, catalog):
+    fill(catalog, clustered(100, 1))
+    vi = Upkeep(tmp_path, catalog, MODEL, DIM).refresh("image", None)
+    assert vi.manifest.params["kind"] == "flat" and vi.count == 100
+
+
+def test_ivfpq_build_tunes_nprobe_to_target(tmp_path, catalog, small_exact):
+    fill(catalog, clustered(4_000, 2))
+    fill(catalog, clustered(300, 3), modality="text")  # cross-modal tuning queries
+    keeper = Upkeep(tmp_path, catalog, MODEL, DIM)
+    vi = keeper.refresh("image", None)
+    params = vi.manifest.params
+    assert params["kind"] == "ivfpq" and 1 <= params["nprobe"] <= params["nlist"]
+    assert set(params["tuned_recall"]) == {"image", "text"}
+    assert min(params["tuned_recall"].values()) >= 0.95
+    # Fresh queries, measured through the same path users take, land near the target.
+    queries = clustered(200, 4)
+    ids = catalog.ids("image")
+    truth = exact_topk(queries, [(ids, keeper.store.get(ids))], 10)
+    found = search_with_rerank(vi, keeper.store, queries, 10, None, params["rerank_factor"])
+    assert recall_at_k(found, truth, 10) >= 0.9
+    assert vi.bytes_per_vector() < DIM * 4
+
+
+def test_deletes_and_additions_without_rebuild(tmp_path, catalog, small_exact, monkeypatch):
+    ids = fill(catalog, clustered(3_000, 5))
+    keeper = Upkeep(tmp_path, catalog, MODEL, DIM)
+    vi = keeper.refresh("image", None)
+    built_for = vi.manifest.params["built_for"]
+
+    def no_rebuild(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("rebuilt instead of updated")
+
+    monkeypatch.setattr(Upkeep, "build", no_rebuild)
+    gone = ids[:500]
+    catalog.remove(gone)
+    new = fill(catalog, clustered(200, 6), start=10_000)
+    vi = keeper.refresh("image", vi)
+    assert vi.count == 3_000 - 500 + 200 and vi.manifest.params["built_for"] == built_for
+    held = set(vi.ids().tolist())
+    assert not held & set(gone) and set(new) <= held
+    _, found = vi.search(keeper.store.get(gone[:50]), 10, nprobe=vi.manifest.params["nlist"])
+    assert not set(found.ravel().tolist()) & set(gone)
+
+
+def test_reopen_uses_the_saved_index_and_retrains_after_growth(tmp_path, catalog, small_exact):
+    fill(catalog, clustered(2_000, 7))
+    first = Upkeep(tmp_path, catalog, MODEL, DIM).refresh("image", None)
+    reopened = Upkeep(tmp_path, catalog, MODEL, DIM).refresh("image", None)
+    assert reopened.manifest.params == first.manifest.params  # loaded, not rebuilt
+    fill(catalog, clustered(6_000, 8), start=50_000)  # 4× the size it was built for
+    grown = Upkeep(tmp_path, catalog, MODEL, DIM).refresh("image", None)
+    assert grown.manifest.params["built_for"] == 8_000
+    assert grown.manifest.params["nlist"] >= first.manifest.params["nlist"]
+
+
+def test_settings_force_flat_and_round_trip(tmp_path, catalog, small_exact):
+    fill(catalog, clustered(3_000, 9))
+    Settings(index_type="flat", memory_budget=None, recall_target=0.9).save(catalog)
+    assert Settings.load(catalog) == Settings("flat", None, 0.9)
+    vi = Upkeep(tmp_path, catalog, MODEL, DIM).refresh("image", None)
+    assert vi.manifest.params["kind"] == "flat"
