@@ -45,8 +45,8 @@ import faiss  # noqa: E402
 
 from mmsearch.index_policy import IndexSpec, choose_spec  # noqa: E402
 from mmsearch.store import EmbeddingStore  # noqa: E402
-from mmsearch.upkeep import search_with_rerank  # noqa: E402
-from mmsearch.vectors import VectorIndex, exact_topk, recall_at_k, tune_nprobe  # noqa: E402
+from mmsearch.upkeep import TuningSet, search_with_rerank, tune_search  # noqa: E402
+from mmsearch.vectors import VectorIndex, exact_topk, recall_at_k  # noqa: E402
 
 DIM = 512
 CHUNK = 100_000
@@ -172,7 +172,8 @@ def run(n: int, n_queries: int, seed: int, workdir: Path, configs: list[str]) ->
     auto = choose_spec(n, DIM)
     for config in configs:
         rows.extend(run_config(config, auto, n, store, eval_q, truth, tune_q, tune_truth, seed))
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        for row in rows[-2:]:
+            print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
 
 
@@ -214,15 +215,9 @@ def run_config(
     spec = auto if config == "auto" else _spec_from(config, n)
     t = time.perf_counter()
     vi = build(spec, store, n, seed)
-    factor = spec.rerank_factor
-    tuned = {}
-    for dist in tune_q:
-
-        def tsearch(q, k, p, dist=dist):
-            return search_with_rerank(vi, store, q, k, p, factor)
-
-        tuned[dist] = tune_nprobe(tsearch, tune_q[dist], tune_truth[dist], spec.nlist)[0]
-    nprobe = max(tuned.values())
+    sets = {d: TuningSet(tune_q[d], tune_truth[d]) for d in tune_q}
+    tuning = tune_search(vi, store, sets, 0.95)  # exactly as mmsearch tunes at build time
+    nprobe, factor = tuning.nprobe, tuning.rerank_factor
     build_s = time.perf_counter() - t
 
     def reranked(q: np.ndarray, k: int) -> np.ndarray:
@@ -236,8 +231,8 @@ def run_config(
         "build_s": round(build_s, 1),
         "bytes_per_vector": round(vi.bytes_per_vector(), 1),
         "nprobe": nprobe,
-        "nprobe_by_distribution": tuned,
         "rerank_factor": factor,
+        "tuned_recall": tuning.recall,
     }
     is_auto = config == "auto" or spec.factory == auto.factory
     name = spec.factory
