@@ -98,7 +98,8 @@ def finetune_run(pairs: str, seconds: float, lr: float, batch: int) -> dict:
 
 
 def end_to_end(pairs_dir: str | None) -> dict:
-    env = {**os.environ, "MMSEARCH_INDEX": tempfile.mkdtemp(), "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "MMSEARCH_INDEX": tempfile.mkdtemp(), "PYTHONPATH": path}
     folder = str(Path(pairs_dir) / "images") if pairs_dir else str(ROOT / "tests")
     cmd = [sys.executable, "-m", "mmsearch"]
     start = time.perf_counter()
