@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,7 +52,7 @@ def tiny_agreement() -> dict[str, float]:
     texts = ["a red car", "two blue squares left of a green circle", "a dog"]
     rng = np.random.default_rng(0)
     images = [
-        open_clip.transform.Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8))
+        Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8))
         for _ in range(8)
     ]
     t = (cpu.encode_texts(texts) * gpu.encode_texts(texts)).sum(1)

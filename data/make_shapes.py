@@ -186,7 +186,7 @@ def layout(scene: Scene, rng: random.Random, size: int = 64) -> list[Placed]:
             boxes = [(pad, pad, a, size - pad), (b, pad, size - pad, size - pad)]
         else:  # "above"
             boxes = [(pad, pad, size - pad, a), (pad, b, size - pad, size - pad)]
-        for group, box in zip(scene.groups, boxes):
+        for group, box in zip(scene.groups, boxes, strict=True):
             _place_group(rng, group, box, radius, taken)
     return taken
 
@@ -246,14 +246,60 @@ def _pair_rng(seed: int, index: int) -> random.Random:
     return random.Random(seed * 1_000_003 + index)
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One generated pair, with the ground truth it was drawn from."""
+
+    image: Image.Image
+    scene: Scene
+    placed: tuple[Placed, ...]
+
+    @property
+    def caption(self) -> str:
+        return self.scene.caption
+
+
+def make_sample(
+    seed: int, index: int, size: int = 64, kinds: Mapping[str, float] | None = None
+) -> Sample:
+    """The ``index``-th sample of the data set with ``seed``."""
+    rng = _pair_rng(seed, index)
+    scene = sample_scene(rng, kinds)
+    image, placed = render_scene(scene, rng, size)
+    return Sample(image, scene, tuple(placed))
+
+
 def make_pair(
     seed: int, index: int, size: int = 64, kinds: Mapping[str, float] | None = None
 ) -> tuple[Image.Image, str]:
     """The ``index``-th image and caption of the data set with ``seed``."""
-    rng = _pair_rng(seed, index)
-    scene = sample_scene(rng, kinds)
-    image, _ = render_scene(scene, rng, size)
-    return image, scene.caption
+    sample = make_sample(seed, index, size, kinds)
+    return sample.image, sample.caption
+
+
+def _parse_group(text: str) -> Group:
+    words = text.split()
+    counts = {word: count for count, word in NUMBERS.items()}
+    if len(words) != 3 or words[0] not in counts:
+        raise ValueError(f"not a group: {text!r}")
+    count, colour, shape = counts[words[0]], words[1], words[2]
+    if count > 1:
+        if not shape.endswith("s"):
+            raise ValueError(f"expected a plural in {text!r}")
+        shape = shape[:-1]
+    return Group(count, colour, shape)
+
+
+def parse_caption(caption: str) -> Scene:
+    """Invert :attr:`Scene.caption`; raises ``ValueError`` outside the grammar."""
+    for relation in RELATIONS:
+        first, sep, second = caption.partition(f" {relation} ")
+        if sep:
+            return Scene((_parse_group(first), _parse_group(second)), relation)
+    scene = Scene((_parse_group(caption),))
+    if scene.caption != caption:
+        raise ValueError(f"not a caption of the grammar: {caption!r}")
+    return scene
 
 
 def make_shapes(
