@@ -84,7 +84,9 @@ def search_with_rerank(
         row = row[row >= 0]
         if exclude is not None:
             row = row[row != exclude[i]]
-        scores = store.get(row) @ queries[i]
+        # einsum, not BLAS: after faiss' OpenMP threads ran, a threaded BLAS product of
+        # this size was measured taking 8 ms instead of 0.16 ms (threads contending).
+        scores = np.einsum("ij,j->i", store.get(row), queries[i])
         out[i, : min(k, len(row))] = row[np.argsort(-scores, kind="stable")[:k]]
     return out
 
