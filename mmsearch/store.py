@@ -78,7 +78,15 @@ class EmbeddingStore:
         if len(ids) == 0:
             return
         mm = self._map(int(ids.max()) + 1)
-        mm[ids] = vectors.astype("<f2")
+        first = int(ids[0])
+        if (
+            len(ids) > 1
+            and int(ids[-1]) - first + 1 == len(ids)
+            and bool(np.all(np.diff(ids) == 1))
+        ):
+            mm[first : first + len(ids)] = vectors  # a contiguous run: one slice write
+        else:
+            mm[ids] = vectors.astype("<f2")
 
     def get(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
         """float32 rows of ``ids``, in the order given (ids beyond the file read as zeros).

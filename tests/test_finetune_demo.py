@@ -1,0 +1,69 @@
+"""The fine-tuning demonstration on generated shapes: a clear recall lift from random init,
+and a fine-tuned model that finds red circles end to end (slow: about two minutes on CPU)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import TINY
+
+from mmsearch.cli import cli
+from mmsearch.finetune import FinetuneConfig, finetune
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _make_shapes():  # data/ is scripts, not a package
+    spec = importlib.util.spec_from_file_location("make_shapes", ROOT / "data" / "make_shapes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_shapes
+
+
+@pytest.mark.slow
+def test_finetuning_lifts_recall_and_finds_red_circles(tmp_path):
+    pairs = _make_shapes()(
+        tmp_path / "shapes", n=4000, seed=0, kinds={"single": 0.5, "count": 0.25, "pair": 0.25}
+    )
+    out = tmp_path / "tuned"
+    result = finetune(
+        pairs,
+        out,
+        model=TINY,
+        device="cpu",
+        config=FinetuneConfig(epochs=9, batch_size=128, lr=2e-3),
+    )
+    assert result.val_pairs == 400 and result.steps >= 250
+    # Random init ranks at about chance (< 0.1). Measured after 252 steps on 2 CPU cores:
+    # 0.405 (the issue's 0.6 is reached on a GPU: 0.68 in 60 s, bench/results); the bounds
+    # keep a margin for run-to-run differences and are far above anything chance gives.
+    assert result.before["t2i_r1"] < 0.1
+    assert result.after["t2i_r1"] >= 0.3
+    assert result.after["t2i_r1"] - result.before["t2i_r1"] >= 0.25
+    assert json.loads((out / "eval.json").read_text())["after"] == result.after
+
+    runner = CliRunner()
+    index = str(tmp_path / "idx")
+    done = runner.invoke(
+        cli,
+        ["-q", "index", "--index", index, "--model", str(out), str(tmp_path / "shapes" / "images")],
+    )
+    assert done.exit_code == 0, done.output
+    done = runner.invoke(
+        cli, ["query", "--index", index, "a red circle", "-k", "5", "--paths-only"]
+    )
+    assert done.exit_code == 0, done.output
+    with open(pairs, newline="") as f:
+        caption = {
+            str((pairs.parent / r["image"]).resolve()): r["caption"] for r in csv.DictReader(f)
+        }
+    top = [caption[p] for p in done.stdout.split()]
+    # Measured: red circle, red circle, red square, red square, red circle.
+    assert top[0] == "a red circle", top
+    assert sum(c == "a red circle" for c in top) >= 3, top
+    assert all(c.startswith("a red ") for c in top), top
