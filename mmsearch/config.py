@@ -22,6 +22,7 @@ ENV_DEVICE = "MMSEARCH_DEVICE"
 CATALOG_FILE = "catalog.sqlite"
 VECTORS_FILE_TEMPLATE = "vectors-{modality}.faiss"
 MANIFEST_FILE_TEMPLATE = "vectors-{modality}.json"
+STORE_FILE = "embeddings.f16"
 
 MODALITIES = ("image", "text")
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import config
 from .catalog import Catalog
 from .errors import MMSearchError
 from .index_policy import IndexSpec, choose_spec, needs_retrain
@@ -212,12 +213,12 @@ class Upkeep:
 
     def __init__(self, directory: Path, catalog: Catalog, model: str, dim: int) -> None:
         self.directory, self.catalog, self.model, self.dim = directory, catalog, model, dim
-        self.store = EmbeddingStore(directory / "embeddings.f16", dim, model)
+        self.store = EmbeddingStore(directory / config.STORE_FILE, dim, model)
 
     def paths(self, modality: str) -> tuple[Path, Path]:
         return (
-            self.directory / f"vectors-{modality}.faiss",
-            self.directory / f"vectors-{modality}.json",
+            self.directory / config.VECTORS_FILE_TEMPLATE.format(modality=modality),
+            self.directory / config.MANIFEST_FILE_TEMPLATE.format(modality=modality),
         )
 
     def reset(self) -> None:
