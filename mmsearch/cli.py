@@ -427,6 +427,13 @@ def _print_metrics_table(rows: dict[str, dict[str, float]]) -> None:
     type=click.FloatRange(0, 1),
     help="Fraction of steps for linear warm-up (then cosine decay).",
 )
+@click.option(
+    "--min-lr-ratio",
+    default=0.1,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Where the cosine decay ends, as a fraction of --lr.",
+)
 @click.option("--weight-decay", default=0.1, show_default=True, type=click.FloatRange(min=0))
 @click.option("--lock-image", is_flag=True, help="Freeze the image tower.")
 @click.option(
@@ -473,6 +480,7 @@ def finetune_cmd(
     accum_steps: int,
     lr: float,
     warmup: float,
+    min_lr_ratio: float,
     weight_decay: float,
     lock_image: bool,
     unlocked_image_groups: int,
@@ -500,6 +508,7 @@ def finetune_cmd(
         accum_steps=accum_steps,
         lr=lr,
         warmup=warmup,
+        min_lr_ratio=min_lr_ratio,
         weight_decay=weight_decay,
         lock_image=lock_image,
         unlocked_image_groups=unlocked_image_groups,

@@ -68,11 +68,15 @@ def test_retrieval_metrics():
     assert dup["t2i_r1"] == 1.0
 
 
-def test_lr_schedule_warms_up_then_decays():
-    lrs = [lr_at(s, 100, 1.0, 0.1) for s in range(100)]
-    assert lrs[0] < lrs[5] < lrs[9] == pytest.approx(1.0)
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    lrs = [lr_at(s / 100, 1.0, 0.1) for s in range(101)]
+    assert 0 < lrs[0] < lrs[5] < lrs[9] < lrs[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
-    assert lrs[-1] < 0.01
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-9)
+    floored = [lr_at(s / 100, 2.0, 0.3, 0.1) for s in range(101)]
+    assert floored[30] == pytest.approx(2.0) and floored[-1] == pytest.approx(0.2)
+    assert min(floored[30:]) == pytest.approx(0.2)
+    assert lr_at(1.7, 2.0, 0.3, 0.1) == pytest.approx(0.2)  # past the end: stays at the floor
 
 
 def test_split_is_seeded_and_disjoint():

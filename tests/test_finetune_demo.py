@@ -36,15 +36,17 @@ def test_finetuning_lifts_recall_and_finds_red_circles(tmp_path):
         out,
         model=TINY,
         device="cpu",
-        config=FinetuneConfig(epochs=9, batch_size=128, lr=2e-3),
+        config=FinetuneConfig(epochs=9, batch_size=128, lr=2e-3, warmup=0.3),
     )
     assert result.val_pairs == 400 and result.steps >= 250
-    # Random init ranks at about chance (< 0.1). Measured after 252 steps on 2 CPU cores:
-    # 0.405 (the 0.6 is reached on a GPU: 0.68 in 60 s, bench/results); the bounds
-    # keep a margin for run-to-run differences and are far above anything chance gives.
+    # Random init ranks at about chance (measured 0.0 and 0.005 with seeds 0 and 1). After
+    # these 252 steps (~57 s of training on 2 idle CPU cores) measured: 0.745 (seed 0),
+    # 0.7325 (seed 1); 0.78 with a 60 s time budget instead; image→text 0.52 / 0.575. The
+    # bounds keep a margin for run-to-run differences and are far above what chance gives.
     assert result.before["t2i_r1"] < 0.1
-    assert result.after["t2i_r1"] >= 0.3
-    assert result.after["t2i_r1"] - result.before["t2i_r1"] >= 0.25
+    assert result.after["t2i_r1"] >= 0.6
+    assert result.after["t2i_r1"] - result.before["t2i_r1"] >= 0.5
+    assert result.after["i2t_r1"] >= 0.35
     assert json.loads((out / "eval.json").read_text())["after"] == result.after
 
     runner = CliRunner()
@@ -63,7 +65,6 @@ def test_finetuning_lifts_recall_and_finds_red_circles(tmp_path):
             str((pairs.parent / r["image"]).resolve()): r["caption"] for r in csv.DictReader(f)
         }
     top = [caption[p] for p in done.stdout.split()]
-    # Measured: red circle, red circle, red square, red square, red circle.
     assert top[0] == "a red circle", top
     assert sum(c == "a red circle" for c in top) >= 3, top
     assert all(c.startswith("a red ") for c in top), top
