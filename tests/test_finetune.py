@@ -109,6 +109,24 @@ def test_finetune_saves_a_loadable_model_with_eval(tmp_path, pairs_csv):
     assert not np.allclose(tuned.encode_texts(["a red thing"]), base.encode_texts(["a red thing"]))
 
 
+def test_time_budget_runs_the_whole_schedule(tmp_path, pairs_csv, monkeypatch):
+    """With --max-seconds the schedule follows the clock: the run ends near the floor, not
+    at full learning rate with most epochs left (a bug of the first version)."""
+    import mmsearch.finetune as ft
+
+    seen: list[float] = []
+
+    def recording_lr_at(progress: float, *args: float) -> float:
+        seen.append(progress)
+        return lr_at(progress, *args)
+
+    monkeypatch.setattr(ft, "lr_at", recording_lr_at)
+    cfg = FinetuneConfig(epochs=100_000, batch_size=4, val_fraction=0.25, max_seconds=1.5)
+    result = finetune(pairs_csv, tmp_path / "model", model=TINY, device="cpu", config=cfg)
+    assert 0 < result.steps < 100_000 and len(seen) == result.steps
+    assert seen == sorted(seen) and seen[0] < 0.2 and seen[-1] > 0.8
+
+
 def test_locked_towers_do_not_change(tmp_path, pairs_csv):
     out = tmp_path / "model"
     finetune(
