@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .coarse import TWO_LEVEL_MIN_NLIST, two_level_kmeans
 from .errors import DependencyError, IndexCorruptError
 from .index_policy import choose_spec
 
@@ -65,6 +66,18 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         return cls(**json.loads(text))
+
+
+#: Least candidate list of an HNSW coarse quantiser's graph search (faiss' default is 16,
+#: too narrow to find the nprobe nearest of 16k centroids reliably).
+HNSW_EF_SEARCH = 64
+
+
+def _hnsw_quantizer(ivf: Any) -> Any:
+    """The IVF index's coarse quantiser if it is an HNSW graph, else None."""
+    fs = require_faiss()
+    quantizer = fs.downcast_index(ivf.quantizer)
+    return quantizer if isinstance(quantizer, fs.IndexHNSW) else None
 
 
 def kind_of(factory: str) -> str:
@@ -140,11 +153,30 @@ class VectorIndex:
         return bool(self.index.is_trained)
 
     def train(self, vectors: np.ndarray, max_train: int = 200_000, seed: int = 1234) -> None:
-        """Train the quantisers on (a random sample of at most ``max_train``) vectors."""
+        """Train the quantisers on (a random sample of at most ``max_train``) vectors.
+
+        Large coarse quantisers (≥ :data:`~mmsearch.coarse.TWO_LEVEL_MIN_NLIST` lists) get
+        their centroids from two-level k-means first (in the output space of a pre-transform
+        such as OPQ, trained first); faiss then sees a filled quantiser, skips its own (flat,
+        far slower) k-means and trains only what is left (the PQ).
+        """
+        fs = require_faiss()
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if len(x) > max_train:
             rng = np.random.default_rng(seed)
             x = x[np.sort(rng.choice(len(x), max_train, replace=False))]
+        ivf = None if self.manifest.factory == "Flat" else fs.extract_index_ivf(self.index)
+        if ivf is not None and ivf.nlist >= TWO_LEVEL_MIN_NLIST:
+            xt = x
+            if isinstance(self.index, fs.IndexPreTransform):  # e.g. OPQ: cluster rotated
+                for i in range(self.index.chain.size()):
+                    transform = self.index.chain.at(i)
+                    if not transform.is_trained:
+                        transform.train(xt)
+                    xt = transform.apply(xt)
+            ivf.quantizer.reset()
+            ivf.quantizer.add(two_level_kmeans(xt, ivf.nlist, seed))
+            self.manifest.params["coarse_training"] = "two-level"
         self.index.train(x)
         self.manifest.params["trained_on"] = int(len(x))
 
@@ -162,6 +194,9 @@ class VectorIndex:
             return float(dim * 4 + 8)
         ivf = fs.extract_index_ivf(self.index)
         centroids = ivf.nlist * dim * 4
+        hnsw = _hnsw_quantizer(ivf)
+        if hnsw is not None:  # the graph's level-0 neighbour lists (int32 links)
+            centroids += ivf.nlist * hnsw.hnsw.nb_neighbors(0) * 4
         return float(ivf.code_size + 8 + centroids / max(self.count, 1))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -203,7 +238,11 @@ class VectorIndex:
         k = max(1, min(int(k), max(self.count, 1)))
         probe = nprobe or self.manifest.params.get("nprobe")
         if probe and self.manifest.factory != "Flat":  # nprobe applies to IVF only
-            fs.extract_index_ivf(self.index).nprobe = int(probe)
+            ivf = fs.extract_index_ivf(self.index)
+            ivf.nprobe = int(probe)
+            hnsw = _hnsw_quantizer(ivf)
+            if hnsw is not None:  # the graph search must look wider than the lists wanted
+                hnsw.hnsw.efSearch = max(HNSW_EF_SEARCH, 2 * int(probe))
         scores, ids = self.index.search(q, k)
         return scores, ids
 

@@ -26,7 +26,21 @@ def test_nlist_grows_with_sqrt_n_and_codes_fit_100_bytes_at_1m():
     assert nlists == sorted(nlists) and nlists[0] < nlists[-1]
     assert specs[1].nlist == 4096 and specs[1].pq_m == 64 and not specs[1].opq
     assert specs[1].bytes_per_vector(512, 1_000_000) <= 100
-    assert all(s.train_size <= 500_000 for s in specs)
+    # Training samples ≥ 40 vectors a list (k-means wants ≥ 39), at most 500k unless that
+    # rule needs more (10M: 16,384 lists → 655,360).
+    assert [s.train_size for s in specs] == [100_000, 262_144, 655_360]
+    assert all(s.train_size >= 40 * s.nlist for s in specs)
+
+
+def test_many_lists_get_an_hnsw_coarse_quantiser():
+    assert "HNSW" not in choose_spec(1_000_000, 512).factory
+    big = choose_spec(10_000_000, 512)
+    assert big.factory == "IVF16384_HNSW32,PQ64"
+    # The graph's links (2·32 int32 per centroid) are counted in the RAM per vector.
+    assert big.bytes_per_vector(512, 10_000_000) == pytest.approx(
+        64 + 8 + 16384 * (512 * 4 + 64 * 4) / 10_000_000
+    )
+    assert big.bytes_per_vector(512, 10_000_000) <= 100
 
 
 def test_memory_budget_shrinks_codes_and_adds_opq():

@@ -10,7 +10,9 @@ import faiss
 import numpy as np
 import pytest
 
+import mmsearch.vectors as vectors_module
 from mmsearch.catalog import Catalog
+from mmsearch.coarse import two_level_kmeans
 from mmsearch.errors import IndexCorruptError
 from mmsearch.index_policy import EXACT_MAX, choose_spec
 from mmsearch.search import search_vector
@@ -254,9 +256,10 @@ def test_choose_spec_flat_below_exact_max(n: int) -> None:
 @pytest.mark.parametrize("dim", [512, 768, 1024, 100])
 def test_choose_spec_ivf_pq_above(n: int, dim: int) -> None:
     spec = choose_spec(n, dim)
-    match = re.fullmatch(r"(OPQ\d+,)?IVF(\d+),PQ(\d+)", spec.factory)
+    match = re.fullmatch(r"(OPQ\d+,)?IVF(\d+)(_HNSW32)?,PQ(\d+)", spec.factory)
     assert match, spec.factory
-    nlist, m = int(match[2]), int(match[3])
+    nlist, m = int(match[2]), int(match[4])
+    assert bool(match[3]) == (nlist >= 8192)  # a graph over the centroids once they are many
     assert nlist & (nlist - 1) == 0  # a power of two
     assert nlist == spec.nlist and m == spec.pq_m
     assert 2 * math.sqrt(n) <= nlist <= 8 * math.sqrt(n)  # ≈ 4·√n
@@ -396,3 +399,63 @@ def test_ivf_pq_uses_far_fewer_bytes_per_vector(ivf_case: dict[str, object]) -> 
     # 8 code bytes + 8 id bytes + centroids spread over 20k vectors ≈ 16.8 vs 264.
     assert ivf.bytes_per_vector() < flat.bytes_per_vector() / 10
     assert ivf.bytes_per_vector() >= 8 + 8
+
+
+# -- large-corpus IVF: HNSW coarse quantiser trained by two-level k-means ------------------
+
+HNSW_FACTORY = "IVF64_HNSW32,PQ8np"
+
+
+def _build_two_level(case: dict[str, object], factory: str) -> VectorIndex:
+    """Build with the two-level threshold lowered to this test's 64 lists."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vectors_module, "TWO_LEVEL_MIN_NLIST", 64)
+        return VectorIndex.build(
+            "image", IVF_DIM, MODEL, case["ids"], case["xb"], factory=factory, seed=7
+        )
+
+
+@pytest.fixture(scope="module")
+def hnsw_ivf(ivf_case: dict[str, object]) -> VectorIndex:
+    return _build_two_level(ivf_case, HNSW_FACTORY)
+
+
+def test_two_level_centroids_are_kept_by_faiss(hnsw_ivf, ivf_case) -> None:
+    ivf = faiss.extract_index_ivf(hnsw_ivf.index)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    assert isinstance(quantizer, faiss.IndexHNSWFlat) and quantizer.ntotal == 64
+    assert hnsw_ivf.manifest.params["coarse_training"] == "two-level"
+    # faiss saw a filled quantiser and did not re-cluster: the centroids are ours.
+    ours = two_level_kmeans(ivf_case["xb"], 64, seed=7)
+    np.testing.assert_allclose(quantizer.reconstruct_n(0, 64), ours, atol=1e-4)
+
+
+def test_hnsw_quantiser_recall_matches_flat_quantiser(hnsw_ivf, ivf_case) -> None:
+    flat_q: VectorIndex = ivf_case["ivf"]
+    xq, truth = ivf_case["xq"], ivf_case["truth"]
+    for nprobe in (16, 64):
+        got = recall_at(hnsw_ivf.search(xq, K, nprobe=nprobe)[1], truth)
+        ref = recall_at(flat_q.search(xq, K, nprobe=nprobe)[1], truth)
+        assert got >= ref - 0.05, (nprobe, got, ref)
+    # The graph search looks at least twice as wide as the lists wanted.
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(hnsw_ivf.index).quantizer)
+    hnsw_ivf.search(xq[:2], K, nprobe=48)
+    assert quantizer.hnsw.efSearch >= 96
+
+
+def test_hnsw_ivf_round_trip_and_size(tmp_path: Path, hnsw_ivf, ivf_case) -> None:
+    hnsw_ivf.save(tmp_path / "v.faiss", tmp_path / "v.json")
+    loaded = VectorIndex.load(tmp_path / "v.faiss", tmp_path / "v.json")
+    xq = ivf_case["xq"][:10]
+    np.testing.assert_array_equal(loaded.search(xq, K, 8)[1], hnsw_ivf.search(xq, K, 8)[1])
+    # The graph's links are counted: 64 centroids × 64 int32 links, spread over 20k vectors.
+    extra = hnsw_ivf.bytes_per_vector() - ivf_case["ivf"].bytes_per_vector()
+    assert extra == pytest.approx(64 * 64 * 4 / IVF_N)
+
+
+def test_two_level_training_behind_an_opq_rotation(ivf_case) -> None:
+    vi = _build_two_level(ivf_case, "OPQ8," + HNSW_FACTORY)
+    assert vi.manifest.params["coarse_training"] == "two-level"
+    _, found = vi.search(ivf_case["xq"], K, nprobe=16)
+    ref = recall_at(ivf_case["ivf"].search(ivf_case["xq"], K, nprobe=16)[1], ivf_case["truth"])
+    assert recall_at(found, ivf_case["truth"]) >= ref - 0.05

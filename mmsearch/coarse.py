@@ -1,0 +1,86 @@
+"""Training the coarse quantiser of large IVF indexes: two-level spherical k-means.
+
+Plain k-means costs ``train · nlist · dim`` per iteration: for 10M vectors (16,384 lists,
+655k training vectors, d=512) that is ~5.5 TFLOP an iteration, ~40 minutes for 20 iterations
+on two CPU cores. Two-level k-means first splits the sample into ``√nlist`` clusters, then
+splits each of those into a share of the ``nlist`` centroids proportional to its size: each
+vector then meets ~2·√nlist centroids instead of nlist (64× less work at 16,384 lists), at
+the cost of slightly less balanced lists — which the build-time nprobe tuning absorbs.
+
+Vectors are unit length and searched by inner product, so the k-means is spherical
+(centroids are re-normalised), as the inner-product coarse quantiser wants.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: From this many lists, IVF coarse quantisers are trained with two-level k-means.
+TWO_LEVEL_MIN_NLIST = 8192
+#: k-means iterations at each level.
+NITER = 20
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids (k, dim), assignment of each row of ``x``) by spherical k-means."""
+    import faiss
+
+    if k <= 1:
+        c = x.mean(axis=0, keepdims=True)
+        return _unit(c), np.zeros(len(x), dtype=np.int64)
+    km = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=NITER,
+        seed=seed,
+        spherical=True,
+        max_points_per_centroid=1 << 30,  # the caller already sampled
+        min_points_per_centroid=1,  # small sub-clusters are expected; no warning
+    )
+    km.train(x)
+    _, assign = km.index.search(x, 1)
+    return km.centroids, assign.ravel()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def two_level_kmeans(x: np.ndarray, nlist: int, seed: int = 1234) -> np.ndarray:
+    """``nlist`` unit centroids for the rows of ``x`` (float32, unit rows).
+
+    Each first-level cluster gets a number of second-level centroids proportional to its
+    size (at least one, never more than it has points), and the counts sum to ``nlist``.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if len(x) < nlist:
+        raise ValueError(f"{len(x)} training vectors cannot make {nlist} centroids")
+    top = max(1, round(math.sqrt(nlist)))
+    _, assign = _kmeans(x, top, seed)
+    sizes = np.bincount(assign, minlength=top)
+    shares = _allocate(sizes, nlist)
+    parts = []
+    for cluster in np.flatnonzero(shares):
+        members = x[assign == cluster]
+        centroids, _ = _kmeans(members, int(shares[cluster]), seed + 1 + int(cluster))
+        parts.append(centroids)
+    return _unit(np.concatenate(parts))
+
+
+def _allocate(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Integer shares of ``total`` proportional to ``sizes``: each non-empty cluster gets at
+    least one and at most its size; the shares sum to ``total`` (≤ sizes.sum())."""
+    sizes = sizes.astype(np.int64)
+    shares = np.minimum(sizes, np.maximum(sizes > 0, sizes * total // max(sizes.sum(), 1)))
+    # Hand out what rounding left (or take back the excess) by largest remaining capacity.
+    while shares.sum() != total:
+        if shares.sum() < total:
+            room = np.where(shares < sizes, sizes / np.maximum(shares, 1), -1.0)
+            shares[int(np.argmax(room))] += 1
+        else:
+            spare = np.where(shares > 1, sizes / np.maximum(shares, 1), np.inf)
+            shares[int(np.argmin(spare))] -= 1
+    return shares
