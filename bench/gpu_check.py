@@ -51,10 +51,7 @@ def tiny_agreement() -> dict[str, float]:
     )
     texts = ["a red car", "two blue squares left of a green circle", "a dog"]
     rng = np.random.default_rng(0)
-    images = [
-        Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8))
-        for _ in range(8)
-    ]
+    images = [Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)) for _ in range(8)]
     t = (cpu.encode_texts(texts) * gpu.encode_texts(texts)).sum(1)
     i = (cpu.encode_images(images) * gpu.encode_images(images)).sum(1)
     return {"text_cos_min": float(t.min()), "image_cos_min": float(i.min())}

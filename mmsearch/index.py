@@ -384,7 +384,14 @@ class Index:
         if keeper is None:  # cannot happen: model_info was checked above
             return []
         return search_vector(
-            self.catalog, vi, vector, k, keeper.store.get, exclude=exclude, nprobe=nprobe
+            self.catalog,
+            vi,
+            vector,
+            k,
+            keeper.store.get,
+            exclude=exclude,
+            nprobe=nprobe,
+            query_modality="text" if isinstance(query, str) else "image",
         )
 
     def _query_vector(self, query: Any) -> tuple[np.ndarray, int | None]:

@@ -27,6 +27,7 @@ def search_vector(
     fetch: Callable[[list[int]], np.ndarray],
     exclude: Collection[int] = (),
     nprobe: int | None = None,
+    query_modality: str | None = None,
 ) -> list[Hit]:
     """Top-``k`` items for one unit query vector, best first.
 
@@ -38,13 +39,18 @@ def search_vector(
         fetch: stored float32 embeddings of item ids, for the exact re-rank.
         exclude: item ids never returned (e.g. the query image itself).
         nprobe: IVF lists visited (IVF indexes only); default: the index's tuned value.
+        query_modality: ``"text"`` or ``"image"``: what the query vector came from. An IVF
+            index tuned per query modality then uses that modality's nprobe and re-rank
+            depth (cross-modal queries need more of both).
     """
     if k < 1 or vectors.count == 0:
         return []
     params = vectors.manifest.params
     exact = params.get("kind", "flat") == "flat"
     want = k + len(exclude)
-    factor = int(params.get("rerank_factor", RERANK_FACTOR))
+    tuned = params.get("by_query", {}).get(query_modality or "", {})
+    factor = int(tuned.get("rerank_factor", params.get("rerank_factor", RERANK_FACTOR)))
+    nprobe = nprobe or tuned.get("nprobe")
     scores, ids = vectors.search(query[None, :], want if exact else want * factor, nprobe=nprobe)
     keep = [
         (int(i), float(s))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +109,22 @@ class Tuning:
     rerank_factor: int
     recall: dict[str, float]
     ms_per_query: float
+    by_query: dict[str, Tuning] = field(default_factory=dict)
 
     def params(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "nprobe": self.nprobe,
             "rerank_factor": self.rerank_factor,
             "tuned_recall": {k: round(v, 4) for k, v in self.recall.items()},
             "tuned_ms_per_query": round(self.ms_per_query, 3),
         }
+        if self.by_query:
+            out["by_query"] = {name: t.params() for name, t in self.by_query.items()}
+        return out
+
+    def for_query(self, modality: str | None) -> Tuning:
+        """The parameters for queries of ``modality`` (its own tuning if it has one)."""
+        return self.by_query.get(modality or "", self)
 
 
 #: Re-rank factors tried, as multiples of the spec's: coarse PQ orders candidates of
@@ -140,11 +148,17 @@ def tune_search(
     """Choose (nprobe, re-rank factor) for an IVF index: for each factor, the smallest
     nprobe reaching ``target`` (+ :data:`TUNE_MARGIN`) recall@10 on every query set; among
     those that reach it, the fastest measured (single-threaded, the full query path). If
-    none reaches it, the most accurate."""
+    none reaches it, the most accurate.
+
+    Each query set (named by the query modality) also gets its own choice, made the same
+    way on that set alone (``by_query``): queries from the corpus' own distribution need
+    far less work than cross-modal ones, and the query path knows which kind it serves.
+    """
     base = int(vi.manifest.params.get("rerank_factor", 10))
     nlist = int(vi.manifest.params["nlist"])
     aim = min(1.0, target + TUNE_MARGIN)
     options: list[Tuning] = []
+    per_set: dict[str, list[Tuning]] = {name: [] for name in sets}
     for factor in (base * s for s in FACTOR_STEPS):
         reached = {}
         for name, ts in sets.items():
@@ -155,6 +169,9 @@ def tune_search(
                 return search_with_rerank(vi, store, q, k, p, f, ts.exclude)
 
             reached[name] = tune_nprobe(run, ts.queries, ts.truth, nlist, 10, aim)
+            one = {name: ts}
+            ms = _time_path(vi, store, one, reached[name][0], factor, timing_queries // len(sets))
+            per_set[name].append(Tuning(reached[name][0], factor, {name: reached[name][1]}, ms))
         nprobe = max(p for p, _ in reached.values())
         recall = {
             name: recall_at_k(
@@ -171,6 +188,13 @@ def tune_search(
         )
         if nprobe <= max(1, nlist // 256):  # already cheap: deeper re-rank cannot pay off
             break
+    overall = _fastest_reaching(options, aim)
+    if len(sets) == 1:
+        return overall
+    return replace(overall, by_query={n: _fastest_reaching(o, aim) for n, o in per_set.items()})
+
+
+def _fastest_reaching(options: list[Tuning], aim: float) -> Tuning:
     good = [o for o in options if min(o.recall.values()) >= aim]
     if good:
         return min(good, key=lambda o: o.ms_per_query)

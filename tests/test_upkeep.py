@@ -9,6 +9,7 @@ import pytest
 
 from mmsearch import index_policy
 from mmsearch.catalog import Catalog
+from mmsearch.search import search_vector
 from mmsearch.store import EmbeddingStore
 from mmsearch.upkeep import Settings, Upkeep, search_with_rerank
 from mmsearch.vectors import exact_topk, recall_at_k
@@ -90,6 +91,25 @@ def test_ivfpq_build_tunes_nprobe_to_target(tmp_path, catalog, small_exact):
     found = search_with_rerank(vi, keeper.store, queries, 10, None, params["rerank_factor"])
     assert recall_at_k(found, truth, 10) >= 0.9
     assert vi.bytes_per_vector() < DIM * 4
+    # Each query modality has its own choice, tuned on its own set.
+    by_query = params["by_query"]
+    assert set(by_query) == {"image", "text"}
+    for name, tuned in by_query.items():
+        assert 1 <= tuned["nprobe"] <= params["nprobe"]
+        assert tuned["tuned_recall"][name] >= 0.95
+    # The query path uses the choice of the query's modality.
+    seen = []
+    search = vi.search
+
+    def spy(q, k, nprobe=None):  # type: ignore[no-untyped-def]
+        seen.append((k, nprobe))
+        return search(q, k, nprobe=nprobe)
+
+    vi.search = spy  # type: ignore[method-assign]
+    for modality in ("text", "image", None):
+        search_vector(catalog, vi, queries[0], 10, keeper.store.get, query_modality=modality)
+    expect = [(10 * by_query[m]["rerank_factor"], by_query[m]["nprobe"]) for m in by_query]
+    assert sorted(seen[:2]) == sorted(expect) and seen[2] == (10 * params["rerank_factor"], None)
 
 
 def test_deletes_and_additions_without_rebuild(tmp_path, catalog, small_exact, monkeypatch):
