@@ -364,11 +364,19 @@ def info_cmd(index_dir: Path | None, as_json: bool) -> None:
     click.echo(f"texts:    {info.texts}")
     click.echo(f"catalog:  {info.catalog_bytes / 1e6:.1f} MB, schema v{info.schema_version}")
     for v in info.vectors:
-        params = ", ".join(f"{k}={val}" for k, val in sorted(v.params.items()))
+        shown = {k: val for k, val in v.params.items() if k != "by_query"}
+        params = ", ".join(f"{k}={val}" for k, val in sorted(shown.items()))
         click.echo(
             f"vectors:  {v.modality}: {v.count} in {v.index_type}"
             f"{' (' + params + ')' if params else ''}, {v.bytes_per_vector:.0f} B/vector"
         )
+        for query, tuned in sorted(v.params.get("by_query", {}).items()):
+            recall = tuned.get("tuned_recall", {}).get(query)
+            click.echo(
+                f"          {query} queries: nprobe={tuned['nprobe']}, "
+                f"re-rank x{tuned['rerank_factor']}"
+                + (f", tuned recall@10 {recall}" if recall is not None else "")
+            )
 
 
 def pairs_options(func: F) -> F:

@@ -329,6 +329,24 @@ def test_info(tmp_path, photos):
     assert info["dim"] == 128 and info["vectors"][0]["index_type"] == "Flat"
 
 
+def test_info_shows_the_tuning_of_each_query_modality(tmp_path, photos, monkeypatch):
+    import mmsearch
+    from mmsearch import index_policy
+
+    monkeypatch.setattr(index_policy, "EXACT_MAX", 300)
+    colours, things = ["red", "green", "blue", "grey"], ["car", "boat", "dog", "tree", "house"]
+    texts = [f"{c} {t} number {i}" for i in range(60) for c in colours for t in things]
+    idx = tmp_path / "idx"
+    with mmsearch.Index.open(idx, model=TINY) as index:
+        index.add_images([tmp_path / "photos"])
+        index.add_texts(texts)
+    _, out, _ = run("info", "--index", str(idx))
+    assert re.search(r"text: 1200 in IVF\d+,PQ\d+ \(.*nprobe=\d+", out), out
+    assert re.search(r"text queries: nprobe=\d+, re-rank x\d+, tuned recall@10 [\d.]+", out)
+    assert re.search(r"image queries: nprobe=\d+, re-rank x\d+", out), out
+    assert "by_query" not in out
+
+
 def test_index_env_var_and_several_folders(tmp_path, photos, monkeypatch):
     other = tmp_path / "other"
     other.mkdir()
