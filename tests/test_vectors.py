@@ -16,7 +16,7 @@ from mmsearch.coarse import two_level_kmeans
 from mmsearch.errors import IndexCorruptError
 from mmsearch.index_policy import EXACT_MAX, choose_spec
 from mmsearch.search import search_vector
-from mmsearch.vectors import Manifest, VectorIndex
+from mmsearch.vectors import Manifest, VectorIndex, tune_nprobe
 
 MODEL = "test-model"
 
@@ -459,3 +459,37 @@ def test_two_level_training_behind_an_opq_rotation(ivf_case) -> None:
     _, found = vi.search(ivf_case["xq"], K, nprobe=16)
     ref = recall_at(ivf_case["ivf"].search(ivf_case["xq"], K, nprobe=16)[1], ivf_case["truth"])
     assert recall_at(found, ivf_case["truth"]) >= ref - 0.05
+
+
+# -- nprobe tuning -----------------------------------------------------------------------
+
+
+def _fake_search(curve):  # type: ignore[no-untyped-def]
+    """A search whose recall@1 at nprobe p is curve(p), recording the nprobes tried."""
+    tried: list[int] = []
+
+    def search(queries: np.ndarray, k: int, p: int) -> np.ndarray:
+        tried.append(p)
+        hits = round(curve(p) * len(queries))
+        return np.where(np.arange(len(queries)) < hits, np.arange(len(queries)), -1)[:, None]
+
+    return search, tried
+
+
+TRUTH = np.arange(1000)[:, None]
+
+
+def test_tune_nprobe_finds_the_smallest_reaching_the_target():
+    search, tried = _fake_search(lambda p: min(1.0, p / 40))
+    nprobe, recall = tune_nprobe(search, np.zeros((1000, 4)), TRUTH, 4096, k=1, target=0.95)
+    assert recall >= 0.95 and 38 <= nprobe <= 43  # bisected to within ~12 %
+    assert max(tried) == 64
+
+
+def test_tune_nprobe_stops_when_recall_stops_rising():
+    """Recall capped below the target (by the re-rank depth): no probing on to all lists."""
+    search, tried = _fake_search(lambda p: min(0.8, p / 20))
+    nprobe, recall = tune_nprobe(search, np.zeros((1000, 4)), TRUTH, 16384, k=1, target=0.95)
+    assert recall == pytest.approx(0.8) and nprobe == 32 and max(tried) == 32
+    small, _ = _fake_search(lambda p: 0.5)
+    assert tune_nprobe(small, np.zeros((1000, 4)), TRUTH, 4, k=1)[0] == 4  # nlist reached
