@@ -150,3 +150,40 @@ def test_settings_force_flat_and_round_trip(tmp_path, catalog, small_exact):
     assert Settings.load(catalog) == Settings("flat", None, 0.9)
     vi = Upkeep(tmp_path, catalog, MODEL, DIM).refresh("image", None)
     assert vi.manifest.params["kind"] == "flat"
+
+
+def test_deeper_rerank_only_when_the_usual_depths_fall_short(monkeypatch):
+    """×30/×100 the base factor are tried only if ×1/×3/×10 reach no target (10M case)."""
+    from types import SimpleNamespace
+
+    import mmsearch.upkeep as upkeep
+
+    reach = {"at": 0}  # the re-rank factor from which recall reaches the target
+
+    def recall_for(factor: int) -> float:
+        return 0.97 if factor >= reach["at"] else 0.9
+
+    def fake_tune(search, queries, truth, nlist, k, aim):  # type: ignore[no-untyped-def]
+        return 64, recall_for(int(search(queries, k, 64)[0, 0]))
+
+    tried: list[int] = []
+
+    def fake_time(vi, store, sets, nprobe, factor, count):  # type: ignore[no-untyped-def]
+        tried.append(factor)
+        return float(factor)  # deeper re-ranks cost more
+
+    # The fake query path answers with its factor, so the fake recall can depend on it.
+    monkeypatch.setattr(
+        upkeep, "search_with_rerank", lambda vi, st, q, k, p, f, ex=None: np.full((len(q), k), f)
+    )
+    monkeypatch.setattr(upkeep, "recall_at_k", lambda found, truth, k: recall_for(found[0, 0]))
+    monkeypatch.setattr(upkeep, "tune_nprobe", fake_tune)
+    monkeypatch.setattr(upkeep, "_time_path", fake_time)
+    vi = SimpleNamespace(manifest=SimpleNamespace(params={"rerank_factor": 10, "nlist": 4096}))
+    sets = {"image": upkeep.TuningSet(np.zeros((4, 2)), np.zeros((4, 10)))}
+    for at, expect_tried, chosen in ((30, [10, 30, 100], 30), (300, [10, 30, 100, 300], 300)):
+        reach["at"] = at
+        tried.clear()
+        result = upkeep.tune_search(vi, None, sets, 0.95)
+        assert sorted(set(tried)) == expect_tried and result.rerank_factor == chosen
+        assert result.recall["image"] == 0.97
