@@ -279,17 +279,17 @@ class _Trainer:
         self.model.train()
         n = len(self.data.captions)
         started = time.perf_counter()
-        deadline = started + self.cfg.max_seconds if self.cfg.max_seconds else None
-        for _ in range(self.cfg.epochs):
+        cfg = self.cfg
+        deadline = started + cfg.max_seconds if cfg.max_seconds else None
+        for _ in range(cfg.epochs):
             order = torch.randperm(n, generator=self.gen)
             for s in range(self.steps_per_epoch):
-                cfg = self.cfg
                 lr = lr_at(self._progress(started), cfg.lr, cfg.warmup, cfg.min_lr_ratio)
                 for group in self.opt.param_groups:
                     group["lr"] = lr
                 losses = []
-                for a in range(self.cfg.accum_steps):
-                    start = (s * self.cfg.accum_steps + a) * self.batch
+                for a in range(cfg.accum_steps):
+                    start = (s * cfg.accum_steps + a) * self.batch
                     losses.append(self._micro_batch(order[start : start + self.batch]))
                 self.scaler.step(self.opt)
                 self.scaler.update()
@@ -297,10 +297,10 @@ class _Trainer:
                 with torch.no_grad():  # as in CLIP: the temperature stays ≤ 100
                     self.model.logit_scale.clamp_(0, math.log(100))
                 self.step += 1
-                self.seen += self.batch * self.cfg.accum_steps
+                self.seen += self.batch * cfg.accum_steps
                 self.loss = sum(losses) / len(losses)
                 if bar is not None:
-                    bar.update(self.batch * self.cfg.accum_steps)
+                    bar.update(self.batch * cfg.accum_steps)
                     if hasattr(bar, "set_postfix"):
                         bar.set_postfix(loss=f"{self.loss:.3f}", lr=f"{lr:.1e}", refresh=False)
                 if deadline is not None and time.perf_counter() >= deadline:
