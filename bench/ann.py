@@ -322,15 +322,17 @@ def _spec_from(factory: str, n: int) -> IndexSpec:
 
 
 def table(rows: list[dict]) -> str:
+    width = max([len("config"), *(len(r["config"]) + 1 for r in rows)])
     head = (
-        f"{'config':<34} {'n':>9} {'build s':>8} {'B/vec':>7} {'R@1 img':>8} "
+        f"{'config':<{width}} {'n':>9} {'build s':>8} {'B/vec':>7} {'R@1 img':>8} "
         f"{'R@10 img':>9} {'R@1 txt':>8} {'R@10 txt':>9} {'ms/q 1t':>8} {'ms/q batch':>10}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         star = "*" if r.get("auto") else " "
         lines.append(
-            f"{star}{r['config']:<33} {r['n']:>9} {r['build_s']:>8} {r['bytes_per_vector']:>7.0f} "
+            f"{star + r['config']:<{width}} {r['n']:>9} {r['build_s']:>8} "
+            f"{r['bytes_per_vector']:>7.0f} "
             f"{r['recall_at_1_image']:>8.3f} {r['recall_at_10_image']:>9.3f} "
             f"{r['recall_at_1_text']:>8.3f} {r['recall_at_10_text']:>9.3f} "
             f"{r['ms_per_query']:>8.3f} {r['ms_per_query_batched']:>10.4f}"
@@ -347,15 +349,11 @@ def plot(rows: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for dist, marker in (("image", "o"), ("text", "s")):
         for r in rows:
-            ax.scatter(
-                r["ms_per_query"],
-                r[f"recall_at_10_{dist}"],
-                marker=marker,
-                s=60 if r.get("auto") else 30,
-            )
+            ms = r.get(f"ms_per_query_{dist}", r["ms_per_query"])
+            ax.scatter(ms, r[f"recall_at_10_{dist}"], marker=marker, s=60 if r.get("auto") else 30)
             ax.annotate(
                 f"{r['config']} [{dist}]",
-                (r["ms_per_query"], r[f"recall_at_10_{dist}"]),
+                (ms, r[f"recall_at_10_{dist}"]),
                 fontsize=6,
                 xytext=(3, 3),
                 textcoords="offset points",
