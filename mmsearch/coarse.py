@@ -9,11 +9,15 @@ the cost of slightly less balanced lists — which the build-time nprobe tuning 
 
 Vectors are unit length and searched by inner product, so the k-means is spherical
 (centroids are re-normalised), as the inner-product coarse quantiser wants.
+
+With faiss-gpu and a visible GPU, k-means assigns points on the GPU(s) (:func:`gpu_count`),
+both here and in faiss' own training of smaller quantisers (:func:`clustering_index`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +25,23 @@ import numpy as np
 TWO_LEVEL_MIN_NLIST = 8192
 #: k-means iterations at each level.
 NITER = 20
+
+
+def gpu_count() -> int:
+    """GPUs faiss can use (0 with faiss-cpu, or with faiss-gpu but no visible device)."""
+    import faiss
+
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def clustering_index(dim: int, metric: int) -> Any | None:
+    """A flat index on all GPUs for k-means to assign points with, or None without GPUs."""
+    import faiss
+
+    if not gpu_count():
+        return None
+    return faiss.index_cpu_to_all_gpus(faiss.IndexFlat(dim, metric))
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +59,7 @@ def _kmeans(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         spherical=True,
         max_points_per_centroid=1 << 30,  # the caller already sampled
         min_points_per_centroid=1,  # small sub-clusters are expected; no warning
+        gpu=gpu_count() or False,
     )
     km.train(x)
     _, assign = km.index.search(x, 1)

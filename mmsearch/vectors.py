@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .coarse import TWO_LEVEL_MIN_NLIST, two_level_kmeans
+from .coarse import TWO_LEVEL_MIN_NLIST, clustering_index, two_level_kmeans
 from .errors import DependencyError, IndexCorruptError
 from .index_policy import choose_spec
 
@@ -177,7 +177,15 @@ class VectorIndex:
             ivf.quantizer.reset()
             ivf.quantizer.add(two_level_kmeans(xt, ivf.nlist, seed))
             self.manifest.params["coarse_training"] = "two-level"
+        gpu_index = None
+        if ivf is not None and ivf.nlist < TWO_LEVEL_MIN_NLIST:
+            gpu_index = clustering_index(ivf.d, ivf.metric_type)
+            if gpu_index is not None:  # faiss' own k-means, assigning on the GPU(s)
+                ivf.clustering_index = gpu_index
+                self.manifest.params["coarse_training"] = "gpu"
         self.index.train(x)
+        if gpu_index is not None:
+            ivf.clustering_index = None  # free the GPU copy; it is not part of the index
         self.manifest.params["trained_on"] = int(len(x))
 
     # -- contents -----------------------------------------------------------------------

@@ -40,3 +40,30 @@ def test_centroids_find_the_clusters():
 def test_needs_as_many_vectors_as_centroids():
     with pytest.raises(ValueError, match="cannot make 64 centroids"):
         two_level_kmeans(np.ones((10, 4), dtype=np.float32), 64)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """faiss-gpu with one GPU, simulated: the "GPU" index is the CPU one, so the GPU code
+    path runs on CPU-only machines (CI); the calls are recorded."""
+    import faiss
+
+    moved: list[tuple[object, int]] = []
+
+    def to_all_gpus(index, co=None, ngpu=-1):  # type: ignore[no-untyped-def]
+        moved.append((index, ngpu))
+        return index
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    # faiss.Kmeans re-asks for the count (gpu=1 == True) through its own import of it.
+    monkeypatch.setattr(faiss.extra_wrappers, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_all_gpus)
+    return moved
+
+
+def test_two_level_kmeans_assigns_on_the_gpu_when_there_is_one(fake_gpu):
+    x = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    got = two_level_kmeans(x, 64, seed=0)
+    assert got.shape == (64, 16)
+    assert fake_gpu and all(ngpu == 1 for _, ngpu in fake_gpu)  # every k-means used it

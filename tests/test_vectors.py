@@ -493,3 +493,21 @@ def test_tune_nprobe_stops_when_recall_stops_rising():
     assert recall == pytest.approx(0.8) and nprobe == 32 and max(tried) == 32
     small, _ = _fake_search(lambda p: 0.5)
     assert tune_nprobe(small, np.zeros((1000, 4)), TRUTH, 4, k=1)[0] == 4  # nlist reached
+
+
+def test_faiss_kmeans_assigns_on_the_gpu_when_there_is_one(monkeypatch, ivf_case) -> None:
+    moved = []
+
+    def to_all_gpus(index, co=None, ngpu=-1):  # type: ignore[no-untyped-def]
+        moved.append(index)
+        return index  # simulated: the CPU index stands in for the GPU copy
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_all_gpus)
+    vi = VectorIndex.build("image", IVF_DIM, MODEL, ivf_case["ids"], ivf_case["xb"], IVF_FACTORY)
+    assert vi.manifest.params["coarse_training"] == "gpu"
+    assert len(moved) == 1 and moved[0].metric_type == faiss.METRIC_INNER_PRODUCT
+    assert faiss.extract_index_ivf(vi.index).clustering_index is None  # not kept
+    got = recall_at(vi.search(ivf_case["xq"], K, nprobe=16)[1], ivf_case["truth"])
+    ref = recall_at(ivf_case["ivf"].search(ivf_case["xq"], K, nprobe=16)[1], ivf_case["truth"])
+    assert got >= ref - 0.05
