@@ -98,6 +98,7 @@ class VectorIndex:
     def __init__(self, index: Any, manifest: Manifest) -> None:
         self.index = index
         self.manifest = manifest
+        self._assigner: Any | None = None  # the centroids on the GPU(s), made when adding
 
     # -- creation -----------------------------------------------------------------------
 
@@ -167,13 +168,7 @@ class VectorIndex:
             x = x[np.sort(rng.choice(len(x), max_train, replace=False))]
         ivf = None if self.manifest.factory == "Flat" else fs.extract_index_ivf(self.index)
         if ivf is not None and ivf.nlist >= TWO_LEVEL_MIN_NLIST:
-            xt = x
-            if isinstance(self.index, fs.IndexPreTransform):  # e.g. OPQ: cluster rotated
-                for i in range(self.index.chain.size()):
-                    transform = self.index.chain.at(i)
-                    if not transform.is_trained:
-                        transform.train(xt)
-                    xt = transform.apply(xt)
+            xt = self._pre_transform(x, train=True)  # e.g. OPQ: cluster rotated vectors
             ivf.quantizer.reset()
             ivf.quantizer.add(two_level_kmeans(xt, ivf.nlist, seed))
             self.manifest.params["coarse_training"] = "two-level"
@@ -187,6 +182,19 @@ class VectorIndex:
         if gpu_index is not None:
             ivf.clustering_index = None  # free the GPU copy; it is not part of the index
         self.manifest.params["trained_on"] = int(len(x))
+
+    def _pre_transform(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        """``x`` through the index's pre-transforms (e.g. OPQ), training them first if
+        ``train``; ``x`` itself when there are none."""
+        fs = require_faiss()
+        if not isinstance(self.index, fs.IndexPreTransform):
+            return x
+        for i in range(self.index.chain.size()):
+            transform = self.index.chain.at(i)
+            if train and not transform.is_trained:
+                transform.train(x)
+            x = transform.apply(x)
+        return np.ascontiguousarray(x, dtype=np.float32)
 
     # -- contents -----------------------------------------------------------------------
 
@@ -208,10 +216,37 @@ class VectorIndex:
         return float(ivf.code_size + 8 + centroids / max(self.count, 1))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under their ids. With faiss-gpu and a GPU, an IVF index assigns them
+        to lists on the GPU (the n × nlist products that dominate adding) and encodes them
+        on the CPU; the result is the same index."""
         if len(ids) == 0:
             return
+        fs = require_faiss()
         x = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.index.add_with_ids(x, np.ascontiguousarray(ids, dtype=np.int64))
+        labels = np.ascontiguousarray(ids, dtype=np.int64)
+        assigner = self._gpu_assigner()
+        if assigner is None:
+            self.index.add_with_ids(x, labels)
+            return
+        x = self._pre_transform(x)
+        _, lists = assigner.search(x, 1)
+        ivf = fs.extract_index_ivf(self.index)
+        ivf.add_core(len(x), fs.swig_ptr(x), fs.swig_ptr(labels), fs.swig_ptr(lists.ravel()))
+        self.index.ntotal = ivf.ntotal
+
+    def _gpu_assigner(self) -> Any | None:
+        """A flat index of the IVF centroids on the GPU(s), or None (flat index, no GPU)."""
+        if self.manifest.factory == "Flat":
+            return None
+        if self._assigner is not None:
+            return self._assigner
+        fs = require_faiss()
+        ivf = fs.extract_index_ivf(self.index)
+        gpu_index = clustering_index(ivf.d, ivf.metric_type)
+        if gpu_index is not None:
+            gpu_index.add(ivf.quantizer.reconstruct_n(0, ivf.nlist))
+            self._assigner = gpu_index
+        return gpu_index
 
     def remove(self, ids: Iterable[int]) -> int:
         arr = np.fromiter((int(i) for i in ids), dtype=np.int64)

@@ -72,3 +72,23 @@ def photos(tmp_path: Path) -> dict[str, Path]:
 
 GOOD_IMAGES = 7  # images the fixture makes that can be indexed
 BAD_FILES = 3  # broken.jpg, empty.png, notes.jpg
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, int]]:
+    """faiss-gpu with one GPU, simulated: the "GPU" copy of an index is the CPU index
+    itself, so the GPU code paths run on CPU-only machines (CI). Returns the recorded
+    (index, ngpu) of every move to the GPUs."""
+    import faiss
+
+    moved: list[tuple[object, int]] = []
+
+    def to_all_gpus(index, co=None, ngpu=-1):  # type: ignore[no-untyped-def]
+        moved.append((index, ngpu))
+        return index
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    # faiss.Kmeans re-asks for the count (gpu=1 == True) through its own import of it.
+    monkeypatch.setattr(faiss.extra_wrappers, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_all_gpus)
+    return moved

@@ -42,25 +42,6 @@ def test_needs_as_many_vectors_as_centroids():
         two_level_kmeans(np.ones((10, 4), dtype=np.float32), 64)
 
 
-@pytest.fixture
-def fake_gpu(monkeypatch):
-    """faiss-gpu with one GPU, simulated: the "GPU" index is the CPU one, so the GPU code
-    path runs on CPU-only machines (CI); the calls are recorded."""
-    import faiss
-
-    moved: list[tuple[object, int]] = []
-
-    def to_all_gpus(index, co=None, ngpu=-1):  # type: ignore[no-untyped-def]
-        moved.append((index, ngpu))
-        return index
-
-    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
-    # faiss.Kmeans re-asks for the count (gpu=1 == True) through its own import of it.
-    monkeypatch.setattr(faiss.extra_wrappers, "get_num_gpus", lambda: 1)
-    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_all_gpus)
-    return moved
-
-
 def test_two_level_kmeans_assigns_on_the_gpu_when_there_is_one(fake_gpu):
     x = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)

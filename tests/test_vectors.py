@@ -495,19 +495,40 @@ def test_tune_nprobe_stops_when_recall_stops_rising():
     assert tune_nprobe(small, np.zeros((1000, 4)), TRUTH, 4, k=1)[0] == 4  # nlist reached
 
 
-def test_faiss_kmeans_assigns_on_the_gpu_when_there_is_one(monkeypatch, ivf_case) -> None:
-    moved = []
-
-    def to_all_gpus(index, co=None, ngpu=-1):  # type: ignore[no-untyped-def]
-        moved.append(index)
-        return index  # simulated: the CPU index stands in for the GPU copy
-
-    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
-    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_all_gpus)
+def test_faiss_kmeans_assigns_on_the_gpu_when_there_is_one(fake_gpu, ivf_case) -> None:
     vi = VectorIndex.build("image", IVF_DIM, MODEL, ivf_case["ids"], ivf_case["xb"], IVF_FACTORY)
     assert vi.manifest.params["coarse_training"] == "gpu"
-    assert len(moved) == 1 and moved[0].metric_type == faiss.METRIC_INNER_PRODUCT
+    # Two indexes went to the "GPU": k-means' assignment index (it ends holding the 64
+    # centroids) and, for adding, the centroids to assign the corpus to lists.
+    (trained_with, _), (assigner, _) = fake_gpu
+    assert trained_with.metric_type == faiss.METRIC_INNER_PRODUCT and trained_with.ntotal == 64
+    assert assigner.ntotal == 64
     assert faiss.extract_index_ivf(vi.index).clustering_index is None  # not kept
     got = recall_at(vi.search(ivf_case["xq"], K, nprobe=16)[1], ivf_case["truth"])
     ref = recall_at(ivf_case["ivf"].search(ivf_case["xq"], K, nprobe=16)[1], ivf_case["truth"])
     assert got >= ref - 0.05
+
+
+@pytest.mark.parametrize("factory", [IVF_FACTORY, "OPQ8," + IVF_FACTORY, HNSW_FACTORY])
+def test_adding_with_gpu_assignment_builds_the_same_index(factory, ivf_case, monkeypatch):
+    """Assigning on the (simulated) GPU, then encoding on the CPU, gives the index a plain
+    add gives: the same lists, codes and search results."""
+    xb, ids, xq = ivf_case["xb"], ivf_case["ids"], ivf_case["xq"]
+    monkeypatch.setattr(vectors_module, "TWO_LEVEL_MIN_NLIST", 1 << 30)  # faiss trains
+    plain = VectorIndex.empty("image", IVF_DIM, MODEL, factory)
+    plain.train(xb, seed=3)
+    on_gpu = VectorIndex(faiss.clone_index(plain.index), plain.manifest)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(faiss, "get_num_gpus", lambda: 1)
+        mp.setattr(faiss, "index_cpu_to_all_gpus", lambda index, co=None, ngpu=-1: index)
+        for start in range(0, len(ids), 7000):  # in chunks, as builds add
+            on_gpu.add(ids[start : start + 7000], xb[start : start + 7000])
+        assert on_gpu._assigner is not None and on_gpu._assigner.ntotal == 64
+    plain.add(ids, xb)
+    assert on_gpu.count == plain.count == IVF_N
+    np.testing.assert_array_equal(on_gpu.ids(), plain.ids())
+    for nprobe in (4, 64):
+        s1, i1 = on_gpu.search(xq, K, nprobe=nprobe)
+        s2, i2 = plain.search(xq, K, nprobe=nprobe)
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_allclose(s1, s2, atol=1e-5)
