@@ -1,9 +1,10 @@
 """Training the coarse quantiser of large IVF indexes: two-level spherical k-means.
 
-Plain k-means costs ``train · nlist · dim`` per iteration: for 10M vectors (16,384 lists,
-655k training vectors, d=512) that is ~5.5 TFLOP an iteration, ~40 minutes for 20 iterations
-on two CPU cores. Two-level k-means first splits the sample into ``√nlist`` clusters, then
-splits each of those into a share of the ``nlist`` centroids proportional to its size: each
+Plain k-means costs ``train · nlist · dim`` multiply-adds per iteration: for 10M vectors
+(16,384 lists, 655k training vectors, d=512) that is 5.5·10¹² an iteration, 20 iterations
+of which would take on the order of an hour on two CPU cores (estimated, not run).
+Two-level k-means first splits the sample into ``√nlist`` clusters, then splits each of
+those into a share of the ``nlist`` centroids proportional to its size: each
 vector then meets ~2·√nlist centroids instead of nlist (64× less work at 16,384 lists), at
 the cost of slightly less balanced lists — which the build-time nprobe tuning absorbs.
 

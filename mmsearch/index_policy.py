@@ -26,10 +26,10 @@ The rules, and why:
     little past ~64; the cap bounds training time on a CPU.
   - From :data:`HNSW_QUANTIZER_MIN_NLIST` lists (corpora of ~3M and more) the coarse
     centroids are searched through an HNSW graph (``IVF16384_HNSW32``) instead of a flat
-    scan: a flat scan of 16,384 centroids costs ~1.3 ms a query on one core and, when
-    adding 10M vectors, 10M × 16,384 dot products (~40 min on two cores); the graph visits
-    a few hundred centroids. It costs ``2·32`` int32 links per centroid (~0.4 B a vector at
-    10M). Such quantisers are trained by two-level k-means (:mod:`mmsearch.coarse`).
+    scan: a flat scan costs 16,384 dot products a query and, when adding 10M vectors,
+    10M × 16,384 (8·10¹³ multiply-adds at 512 dimensions); the graph visits a few hundred
+    centroids. It costs ``2·32`` int32 links per centroid (~0.4 B a vector at 10M). Such
+    quantisers are trained by two-level k-means (:mod:`mmsearch.coarse`).
   - Retrain when the corpus has grown 4× past the size the index was built for: √ of that
     doubles the ideal nlist, and the lists the quantiser was trained for grow 4× longer.
 """

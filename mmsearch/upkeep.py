@@ -136,9 +136,10 @@ class Tuning:
 #: raises recall (measured: PQ64 at 100k, text queries plateau at 0.90 with ×10, reach
 #: 0.96 with ×30 at an eighth of the nprobe).
 FACTOR_STEPS = (1, 3, 10)
-#: Deeper factors tried only when none of the above reaches the target: at 10M, 64-byte PQ
-#: codes put only 89 % of image queries' true top-10 among 300 candidates even with every
-#: list probed (measured), and text queries fare worse.
+#: Deeper factors, tried only when none of the above reaches the target. Depth needs grow
+#: with the corpus: at 10M, 64-byte PQ codes put only 89 % of image queries' true top-10
+#: among 300 candidates (×30) even with every list probed; ×100 reached the target there
+#: (bench/README.md), these are the margin beyond.
 DEEP_FACTOR_STEPS = (30, 100)
 #: Tuning aims this far above the target: recall measured on 300 held-out queries has a
 #: standard error of ~0.004, so fresh queries then meet the target with ~2σ confidence
