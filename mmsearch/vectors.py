@@ -167,13 +167,13 @@ class VectorIndex:
             rng = np.random.default_rng(seed)
             x = x[np.sort(rng.choice(len(x), max_train, replace=False))]
         ivf = None if self.manifest.factory == "Flat" else fs.extract_index_ivf(self.index)
+        gpu_index = None
         if ivf is not None and ivf.nlist >= TWO_LEVEL_MIN_NLIST:
             xt = self._pre_transform(x, train=True)  # e.g. OPQ: cluster rotated vectors
             ivf.quantizer.reset()
             ivf.quantizer.add(two_level_kmeans(xt, ivf.nlist, seed))
             self.manifest.params["coarse_training"] = "two-level"
-        gpu_index = None
-        if ivf is not None and ivf.nlist < TWO_LEVEL_MIN_NLIST:
+        elif ivf is not None:
             gpu_index = clustering_index(ivf.d, ivf.metric_type)
             if gpu_index is not None:  # faiss' own k-means, assigning on the GPU(s)
                 ivf.clustering_index = gpu_index
