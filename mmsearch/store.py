@@ -78,12 +78,8 @@ class EmbeddingStore:
         if len(ids) == 0:
             return
         mm = self._map(int(ids.max()) + 1)
-        first = int(ids[0])
-        if (
-            len(ids) > 1
-            and int(ids[-1]) - first + 1 == len(ids)
-            and bool(np.all(np.diff(ids) == 1))
-        ):
+        if _is_run(ids):
+            first = int(ids[0])
             mm[first : first + len(ids)] = vectors  # a contiguous run: one slice write
         else:
             mm[ids] = vectors.astype("<f2")
@@ -100,12 +96,7 @@ class EmbeddingStore:
             return out
         mm = self._map()
         first, last = int(idx[0]), int(idx[-1])
-        if (
-            last - first + 1 == len(idx)
-            and first >= 0
-            and last < len(mm)
-            and (len(idx) < 2 or bool(np.all(np.diff(idx) == 1)))
-        ):
+        if _is_run(idx) and first >= 0 and last < len(mm):
             return np.asarray(mm[first : last + 1], dtype=np.float32)
         order = np.argsort(idx, kind="stable")
         ordered = idx[order]
@@ -141,3 +132,8 @@ class EmbeddingStore:
         if self._mm is not None:
             self._mm.flush()
         self._mm = None
+
+
+def _is_run(ids: np.ndarray) -> bool:
+    """True when ``ids`` are consecutive and increasing (one slice of the file)."""
+    return int(ids[-1]) - int(ids[0]) + 1 == len(ids) and bool(np.all(np.diff(ids) == 1))
