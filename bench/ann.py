@@ -43,10 +43,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import faiss  # noqa: E402
 
-from mmsearch.index_policy import IndexSpec, choose_spec  # noqa: E402
-from mmsearch.store import EmbeddingStore  # noqa: E402
-from mmsearch.upkeep import TuningSet, search_with_rerank, tune_search  # noqa: E402
-from mmsearch.vectors import VectorIndex, exact_topk, recall_at_k  # noqa: E402
+from mmsearch.ann.faiss_index import VectorIndex  # noqa: E402
+from mmsearch.ann.policy import IndexSpec, choose_spec  # noqa: E402
+from mmsearch.ann.query import search_params  # noqa: E402
+from mmsearch.ann.store import EmbeddingStore  # noqa: E402
+from mmsearch.ann.tuning import (  # noqa: E402
+    TuningSet,
+    exact_topk,
+    recall_at_k,
+    search_with_rerank,
+    tune_search,
+)
 
 DIM = 512
 CHUNK = 100_000
@@ -274,8 +281,9 @@ def run_config(
     build_s = time.perf_counter() - t
 
     def reranked(q: np.ndarray, k: int, dist: str) -> np.ndarray:
-        chosen = tuning.for_query(dist)  # as the query path picks by query modality
-        return search_with_rerank(vi, store, q, k, chosen.nprobe, chosen.rerank_factor)
+        # the parameters the query path picks for this query modality
+        probe, factor = search_params(tuning.params(), dist)
+        return search_with_rerank(vi, store, q, k, probe, factor)
 
     def raw(q: np.ndarray, k: int, dist: str) -> np.ndarray:
         return vi.search(q, k, nprobe=nprobe)[1]

@@ -1,4 +1,4 @@
-"""Indexing runs: scan → hash → reuse or (load → encode) → catalog, in committed batches.
+"""Indexing images: scan → hash → reuse or (load → encode) → catalog, in committed batches.
 
 Each batch is committed to the catalog in one transaction, so an interrupted run keeps
 what it finished and the next run picks up the rest (those files are then unchanged).
@@ -7,63 +7,22 @@ The vector indexes are brought up to date from the catalog afterwards by the cal
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-
-from indexer.load import load_many
-from indexer.scan import FileEntry, KnownFile, content_hash, plan_changes, scan
-from indexer.texts import TextRecord
+from indexer.common import DEFAULT_BATCH, EncoderLike, load_encoder
+from indexer.scan import FileEntry, KnownFile, plan_changes, scan
 from mmsearch.catalog import Catalog, ItemRecord
 from mmsearch.errors import InputError
-from mmsearch.results import RunSummary, Skipped
+from mmsearch.media import content_hash, draft_size, load_many
+from mmsearch.results import ProgressFactory, RunSummary, Skipped, no_progress
 
 logger = logging.getLogger(__name__)
-
-#: Items encoded and committed together.
-DEFAULT_BATCH = 64
-
-
-class Progress(Protocol):
-    """What a progress bar must offer (tqdm does)."""
-
-    def update(self, n: int = 1) -> Any: ...
-    def close(self) -> Any: ...
-
-
-#: Makes a progress bar: ``factory(total, description)``.
-ProgressFactory = Callable[[int, str], Progress]
-
-
-class _NoProgress:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _no_progress(total: int, desc: str) -> Progress:
-    return _NoProgress()
-
-
-class EncoderLike(Protocol):
-    """The part of :class:`mmsearch.encoder.Encoder` the pipeline uses."""
-
-    preprocess: Any
-    context_length: int
-    image_size: int
-
-    def encode_image_tensors(self, batch: Any) -> np.ndarray: ...
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
-    def is_truncated(self, text: str) -> bool: ...
 
 
 @dataclass
@@ -73,17 +32,6 @@ class _Job:
     entry: FileEntry
     digest: str
     old: ItemRecord | KnownFile | None = None
-
-
-def draft_size(image_size: int) -> int:
-    """JPEGs are decoded at reduced scale down to twice the model's input side: much
-    faster for camera photos, and the resize to the input side hides the difference."""
-    return 2 * image_size
-
-
-def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _hash_all(entries: Sequence[FileEntry], workers: int, summary: RunSummary) -> dict[str, str]:
@@ -145,7 +93,7 @@ def index_images(
         The run's :class:`RunSummary`.
     """
     started = time.perf_counter()
-    progress = progress or _no_progress
+    progress = progress or no_progress
     workers = workers or min(8, os.cpu_count() or 1)
     summary = RunSummary()
 
@@ -239,9 +187,7 @@ def _encode_images(
     progress: ProgressFactory,
     summary: RunSummary,
 ) -> None:
-    import torch
-
-    encoder = get_encoder()
+    encoder = load_encoder(catalog, get_encoder)
     size = encoder.image_size
     bar = progress(len(jobs), "encoding images")
     try:
@@ -261,11 +207,11 @@ def _encode_images(
                 continue
             pending.append((by_path[path], loaded, tensor))
             if len(pending) >= batch_size:
-                _commit_batch(catalog, encoder, pending, torch, summary)
+                _commit_batch(catalog, encoder, pending, summary)
                 bar.update(len(pending))
                 pending = []
         if pending:
-            _commit_batch(catalog, encoder, pending, torch, summary)
+            _commit_batch(catalog, encoder, pending, summary)
             bar.update(len(pending))
     finally:
         bar.close()
@@ -275,10 +221,9 @@ def _commit_batch(
     catalog: Catalog,
     encoder: EncoderLike,
     pending: list[tuple[_Job, Any, Any]],
-    torch: Any,
     summary: RunSummary,
 ) -> None:
-    vectors = encoder.encode_image_tensors(torch.stack([t for _, _, t in pending]))
+    vectors = encoder.encode_image_tensors([t for _, _, t in pending])
     rows, replaced = [], []
     for (job, loaded, _), vec in zip(pending, vectors, strict=True):
         rows.append(
@@ -294,128 +239,3 @@ def _commit_batch(
     catalog.apply(add=rows, remove=replaced)
     summary.updated += len(replaced)
     summary.added += len(rows) - len(replaced)
-
-
-def text_digest(text: str) -> str:
-    """Content hash of a text: texts with the same hash are stored once."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
-
-
-def index_texts(
-    catalog: Catalog,
-    records: Iterable[TextRecord],
-    get_encoder: Callable[[], EncoderLike],
-    batch_size: int = 256,
-    progress: ProgressFactory | None = None,
-) -> RunSummary:
-    """Add texts not already in the catalog (the same text is stored once).
-
-    Texts longer than the model's context are cut to it and counted in ``truncated``.
-    """
-    started = time.perf_counter()
-    progress = progress or _no_progress
-    summary = RunSummary()
-    known = catalog.text_hashes()
-    todo: list[tuple[TextRecord, str]] = []
-    for rec in records:
-        summary.scanned += 1
-        digest = text_digest(rec.text)
-        if digest in known:
-            summary.unchanged += 1
-            continue
-        known.add(digest)
-        todo.append((rec, digest))
-    if todo:
-        encoder = get_encoder()
-        bar = progress(len(todo), "encoding texts")
-        try:
-            for batch in _batches(todo, batch_size):
-                texts = [r.text for r, _ in batch]
-                summary.truncated += sum(encoder.is_truncated(t) for t in texts)
-                vectors = encoder.encode_texts(texts)
-                catalog.add(
-                    [
-                        {
-                            "modality": "text",
-                            "text": r.text,
-                            "source": r.source,
-                            "content_hash": d,
-                            "embedding": v,
-                        }
-                        for (r, d), v in zip(batch, vectors, strict=True)
-                    ]
-                )
-                summary.added += len(batch)
-                bar.update(len(batch))
-        finally:
-            bar.close()
-    summary.seconds = time.perf_counter() - started
-    return summary
-
-
-def reembed(
-    catalog: Catalog,
-    get_encoder: Callable[[], EncoderLike],
-    batch_size: int = DEFAULT_BATCH,
-    workers: int | None = None,
-    progress: ProgressFactory | None = None,
-) -> RunSummary:
-    """Encode every stored item again with a new model (after ``--reembed``).
-
-    An image that can no longer be read cannot keep an embedding of the old model, so it
-    leaves the index; it is listed in ``skipped`` and counted in ``removed``.
-    """
-    import torch
-
-    started = time.perf_counter()
-    progress = progress or _no_progress
-    workers = workers or min(8, os.cpu_count() or 1)
-    summary = RunSummary()
-    encoder = get_encoder()
-    images = catalog.image_files()
-    text_ids = catalog.ids("text")
-    bar = progress(len(images) + len(text_ids), "re-embedding")
-    try:
-        by_path = {r.path: r for r in images if r.path}
-        pending: list[tuple[ItemRecord, Any]] = []
-        lost: list[int] = []
-
-        def flush() -> None:
-            vecs = encoder.encode_image_tensors(torch.stack([t for _, t in pending]))
-            catalog.update_many(
-                [(r.id, {"embedding": v}) for (r, _), v in zip(pending, vecs, strict=True)]
-            )
-            summary.updated += len(pending)
-            bar.update(len(pending))
-            pending.clear()
-
-        loads = load_many(
-            list(by_path),
-            transform=encoder.preprocess,
-            workers=workers,
-            draft_size=draft_size(encoder.image_size),
-        )
-        for path, _, tensor, error in loads:
-            if error is not None:
-                summary.skipped.append(Skipped(path, error.reason))
-                lost.append(by_path[path].id)
-                bar.update(1)
-                continue
-            pending.append((by_path[path], tensor))
-            if len(pending) >= batch_size:
-                flush()
-        if pending:
-            flush()
-        summary.removed += catalog.remove(lost)
-        for chunk in _batches(list(text_ids), 256):
-            recs = catalog.records(chunk)
-            texts = [recs[i].text or "" for i in chunk]
-            vecs = encoder.encode_texts(texts)
-            catalog.update_many([(i, {"embedding": v}) for i, v in zip(chunk, vecs, strict=True)])
-            summary.updated += len(chunk)
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-    summary.scanned = len(images) + len(text_ids)
-    summary.seconds = time.perf_counter() - started
-    return summary

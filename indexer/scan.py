@@ -8,7 +8,6 @@ knows nothing about the catalog that produced them.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -220,29 +219,6 @@ def scan(
         "scanned %d root(s): %d files, %d errors", len(roots), len(files), len(walker.errors)
     )
     return ScanResult(files=files, errors=walker.errors)
-
-
-def content_hash(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hash a file's bytes (BLAKE2b, 16-byte digest), reading it in chunks.
-
-    Args:
-        path: The file.
-        chunk_size: Bytes read at a time.
-
-    Returns:
-        The digest as 32 lower-case hex characters.
-
-    Raises:
-        InputError: The file cannot be read.
-    """
-    digest = hashlib.blake2b(digest_size=16)
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(chunk_size):
-                digest.update(chunk)
-    except OSError as exc:
-        raise InputError(path, _reason(exc)) from exc
-    return digest.hexdigest()
 
 
 def plan_changes(

@@ -1,4 +1,5 @@
-"""Read text corpora: plain text (one text per line), JSON Lines, CSV and TSV.
+"""Text corpora: read them (plain text, one text per line; JSON Lines; CSV and TSV) and index
+them (:func:`index_texts`: the same text is stored once).
 
 Every text keeps its source (``file:line``, or ``file:row`` for CSV/TSV with the header as
 row 1) so a search hit can point back at where it came from. A record that cannot be used
@@ -8,14 +9,19 @@ is skipped with its reason; an empty text is skipped silently.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
+from indexer.common import EncoderLike, batches, load_encoder
+from mmsearch.catalog import Catalog
 from mmsearch.errors import InputError
+from mmsearch.results import ProgressFactory, RunSummary, no_progress
 
 logger = logging.getLogger(__name__)
 
@@ -192,3 +198,60 @@ def _os_reason(exc: OSError) -> str:
     if isinstance(exc, IsADirectoryError):
         return "is a directory"
     return exc.strerror or str(exc)
+
+
+def text_digest(text: str) -> str:
+    """Content hash of a text: texts with the same hash are stored once."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def index_texts(
+    catalog: Catalog,
+    records: Iterable[TextRecord],
+    get_encoder: Callable[[], EncoderLike],
+    batch_size: int = 256,
+    progress: ProgressFactory | None = None,
+) -> RunSummary:
+    """Add texts not already in the catalog (the same text is stored once).
+
+    Texts longer than the model's context are cut to it and counted in ``truncated``.
+    """
+    started = time.perf_counter()
+    progress = progress or no_progress
+    summary = RunSummary()
+    known = catalog.text_hashes()
+    todo: list[tuple[TextRecord, str]] = []
+    for rec in records:
+        summary.scanned += 1
+        digest = text_digest(rec.text)
+        if digest in known:
+            summary.unchanged += 1
+            continue
+        known.add(digest)
+        todo.append((rec, digest))
+    if todo:
+        encoder = load_encoder(catalog, get_encoder)
+        bar = progress(len(todo), "encoding texts")
+        try:
+            for batch in batches(todo, batch_size):
+                texts = [r.text for r, _ in batch]
+                summary.truncated += sum(encoder.is_truncated(t) for t in texts)
+                vectors = encoder.encode_texts(texts)
+                catalog.add(
+                    [
+                        {
+                            "modality": "text",
+                            "text": r.text,
+                            "source": r.source,
+                            "content_hash": d,
+                            "embedding": v,
+                        }
+                        for (r, d), v in zip(batch, vectors, strict=True)
+                    ]
+                )
+                summary.added += len(batch)
+                bar.update(len(batch))
+        finally:
+            bar.close()
+    summary.seconds = time.perf_counter() - started
+    return summary

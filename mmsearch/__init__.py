@@ -11,6 +11,8 @@ The embedded API::
             print(f"{hit.score:.3f}", hit.path)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     DependencyError,
     IndexCorruptError,
@@ -22,10 +24,22 @@ from .errors import (
     QueryError,
     WeightsUnavailableError,
 )
-from .index import Index
 from .results import Hit, IndexInfo, RunSummary, Skipped
 
+if TYPE_CHECKING:
+    from .index import Index
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Index pulls in the catalog (SQLAlchemy), faiss and Pillow: loaded on first use so that
+    # `import mmsearch` (and the CLI's start-up) stays cheap.
+    if name == "Index":
+        from .index import Index
+
+        return Index
+    raise AttributeError(f"module 'mmsearch' has no attribute {name!r}")
 
 __all__ = [
     "DependencyError",

@@ -36,7 +36,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from .errors import IndexCorruptError
+from .config import IndexSettings
+from .errors import IndexCorruptError, ModelMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +228,35 @@ class Catalog:
 
     def set_model_info(self, info: dict[str, Any], session: Session | None = None) -> None:
         self.set_meta("model", json.dumps(info), session)
+
+    def claim_model(self, record: dict[str, Any]) -> None:
+        """Record the model whose embeddings are about to be stored, if the catalog has none
+        yet; refuse one that is not the catalog's model."""
+        with self.session() as s, s.begin():
+            row = s.get(Meta, "model")
+            if row is None:
+                s.add(Meta(key="model", value=json.dumps(record)))
+                return
+            stored = json.loads(row.value)
+            if stored["identity"] != record["identity"]:
+                raise ModelMismatchError(stored["display"], record["display"])
+
+    def settings(self) -> IndexSettings:
+        """The user's vector-index choices (defaults where none were made)."""
+        budget = self.get_meta("memory_budget")
+        target = self.get_meta("recall_target")
+        default = IndexSettings()
+        return IndexSettings(
+            index_type=self.get_meta("index_type") or default.index_type,
+            memory_budget=int(budget) if budget else None,
+            recall_target=float(target) if target else default.recall_target,
+        )
+
+    def save_settings(self, settings: IndexSettings) -> None:
+        with self.session() as s, s.begin():
+            self.set_meta("index_type", settings.index_type, s)
+            self.set_meta("memory_budget", str(settings.memory_budget or ""), s)
+            self.set_meta("recall_target", str(settings.recall_target), s)
 
     def generation(self, modality: str) -> int:
         """A counter bumped by every change to ``modality``'s items."""

@@ -5,7 +5,6 @@ Results go to stdout (plain lines or ``--json``); progress, logs and errors go t
 
 from __future__ import annotations
 
-import enum
 import functools
 import json
 import logging
@@ -17,42 +16,10 @@ from typing import Any, TypeVar
 import click
 
 from . import config
-from .errors import (
-    DependencyError,
-    IndexNotFoundError,
-    InputError,
-    MMSearchError,
-    ModelError,
-    ModelMismatchError,
-    QueryError,
-)
+from .errors import MMSearchError
+from .status import ExitStatus, exit_status_for
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class ExitStatus(enum.IntEnum):
-    """Exit codes of the ``mmsearch`` command."""
-
-    OK = 0
-    ERROR = 1  # any other mmsearch error
-    USAGE = 2  # bad command line (click's own)
-    NO_INDEX = 3  # the index does not exist
-    MODEL = 4  # model unknown, weights unavailable, or mismatched with the index
-    INPUT = 5  # a query or input file cannot be used
-    DEPENDENCY = 6  # an optional dependency is missing
-    INTERRUPTED = 130  # Ctrl-C
-
-
-def _status_for(exc: MMSearchError) -> ExitStatus:
-    table: list[tuple[type[MMSearchError], ExitStatus]] = [
-        (IndexNotFoundError, ExitStatus.NO_INDEX),
-        (ModelError, ExitStatus.MODEL),
-        (ModelMismatchError, ExitStatus.MODEL),
-        (QueryError, ExitStatus.INPUT),
-        (InputError, ExitStatus.INPUT),
-        (DependencyError, ExitStatus.DEPENDENCY),
-    ]
-    return next((status for kind, status in table if isinstance(exc, kind)), ExitStatus.ERROR)
 
 
 class MMSearchException(click.ClickException):
@@ -60,7 +27,13 @@ class MMSearchException(click.ClickException):
 
     def __init__(self, exc: MMSearchError) -> None:
         super().__init__(str(exc))
-        self.exit_code = int(_status_for(exc))
+        self.exit_code = int(exit_status_for(exc))
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C ended a command after it saved what it could; exits 130."""
+
+    exit_code = int(ExitStatus.INTERRUPTED)
 
 
 def handle_errors(func: F) -> F:
@@ -228,52 +201,35 @@ def index_cmd(
     if not paths and not text_files and not reembed and not tuning:
         raise click.UsageError("give image folders/files to index, --texts FILE, or --reembed")
     budget = _parse_budget(memory_budget)
-    progress = _progress(not obj["quiet"])
-    from .results import RunSummary
-
-    total = RunSummary()
     with _open(index_dir, model, pretrained, device) as index:
-        if tuning:
-            index.configure(index_type, budget, recall_target)
-        if reembed:
-            _merge(total, index.reembed(batch_size=batch_size, workers=workers, progress=progress))
-        if paths:
-            _merge(
-                total,
-                index.add_images(
-                    list(paths),
-                    exclude=exclude,
-                    batch_size=batch_size,
-                    workers=workers,
-                    progress=progress,
-                ),
-            )
-        if text_files:
-            _merge(
-                total,
-                index.add_text_files(
-                    list(text_files), column=column, field=field, progress=progress
-                ),
-            )
-    _print_summary(total, as_json)
+        summary = index.update(
+            images=list(paths),
+            text_files=list(text_files),
+            reembed=reembed,
+            settings={
+                "index_type": index_type,
+                "memory_budget": budget,
+                "recall_target": recall_target,
+            },
+            exclude=exclude,
+            column=column,
+            field=field,
+            batch_size=batch_size,
+            workers=workers,
+            progress=_progress(not obj["quiet"]),
+        )
+    _print_summary(summary, as_json)
 
 
 def _parse_budget(text: str | None) -> int | None:
     if text is None:
         return None
-    from .index_policy import parse_size
+    from .ann.policy import parse_size  # pure Python: loads no faiss
 
     try:
         return parse_size(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--memory-budget") from exc
-
-
-def _merge(total: Any, part: Any) -> None:
-    for name in ("scanned", "added", "updated", "unchanged", "removed", "reused", "truncated"):
-        setattr(total, name, getattr(total, name) + getattr(part, name))
-    total.skipped.extend(part.skipped)
-    total.seconds += part.seconds
 
 
 def _print_summary(summary: Any, as_json: bool) -> None:
@@ -364,18 +320,16 @@ def info_cmd(index_dir: Path | None, as_json: bool) -> None:
     click.echo(f"texts:    {info.texts}")
     click.echo(f"catalog:  {info.catalog_bytes / 1e6:.1f} MB, schema v{info.schema_version}")
     for v in info.vectors:
-        shown = {k: val for k, val in v.params.items() if k != "by_query"}
-        params = ", ".join(f"{k}={val}" for k, val in sorted(shown.items()))
+        params = ", ".join(f"{k}={val}" for k, val in sorted(v.params.items()))
         click.echo(
             f"vectors:  {v.modality}: {v.count} in {v.index_type}"
             f"{' (' + params + ')' if params else ''}, {v.bytes_per_vector:.0f} B/vector"
         )
-        for query, tuned in sorted(v.params.get("by_query", {}).items()):
-            recall = tuned.get("tuned_recall", {}).get(query)
+        for query, tuned in v.by_query.items():
             click.echo(
-                f"          {query} queries: nprobe={tuned['nprobe']}, "
-                f"re-rank x{tuned['rerank_factor']}"
-                + (f", tuned recall@10 {recall}" if recall is not None else "")
+                f"          {query} queries: nprobe={tuned.nprobe}, "
+                f"re-rank x{tuned.rerank_factor}"
+                + (f", tuned recall@10 {tuned.recall}" if tuned.recall is not None else "")
             )
 
 
@@ -395,7 +349,7 @@ def pairs_options(func: F) -> F:
 
 
 def _print_metrics_table(rows: dict[str, dict[str, float]]) -> None:
-    from .evaluation import METRIC_KEYS
+    from .finetune.evaluation import METRIC_KEYS
 
     click.echo("            " + "  ".join(f"{k:>7}" for k in METRIC_KEYS))
     for name, metrics in rows.items():
@@ -551,8 +505,7 @@ def finetune_cmd(
     for path, reason in result.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
     if result.interrupted:
-        click.echo("interrupted: the model trained so far was saved", err=True)
-        sys.exit(int(ExitStatus.INTERRUPTED))
+        raise Interrupted("interrupted: the model trained so far was saved")
 
 
 @cli.command("eval")

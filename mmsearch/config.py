@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 #: The model used when none is given: a good speed/quality trade-off on CPU and GPU.
@@ -49,3 +50,23 @@ def default_index_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return data_dir() / "index"
+
+
+#: recall@10 (after exact re-rank) that IVF search parameters are tuned to reach.
+DEFAULT_RECALL_TARGET = 0.95
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """What the user chose for the vector indexes (``index --index-type`` …); kept in the
+    catalog (:meth:`mmsearch.catalog.Catalog.settings`).
+
+    Attributes:
+        index_type: ``auto`` (exact while small, IVF-PQ beyond), ``flat`` or ``ivfpq``.
+        memory_budget: most bytes a vector index may hold in RAM, or None.
+        recall_target: recall@10 that IVF search parameters are tuned to reach.
+    """
+
+    index_type: str = "auto"
+    memory_budget: int | None = None
+    recall_target: float = DEFAULT_RECALL_TARGET

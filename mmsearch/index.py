@@ -18,16 +18,31 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from indexer.pipeline import index_images
+from indexer.reembed import reembed
+from indexer.texts import TextRecord, index_texts, read_text_sources
+
 from . import config
+from .ann.faiss_index import VectorIndex
+from .ann.policy import choose_spec
+from .ann.upkeep import Upkeep
 from .catalog import Catalog, from_blobs
 from .errors import IndexNotFoundError, InputError, MMSearchError, ModelMismatchError, QueryError
-from .results import Hit, IndexInfo, RunSummary, VectorInfo
+from .media import content_hash, draft_size, load_image
+from .models import ModelSpec, model_record, resolve_model, spec_from_record
+from .results import (
+    Hit,
+    IndexInfo,
+    ProgressFactory,
+    QueryTuning,
+    RunSummary,
+    Skipped,
+    VectorInfo,
+)
 from .search import search_vector
-from .upkeep import Settings, Upkeep
-from .vectors import VectorIndex
 
-if TYPE_CHECKING:
-    from .encoder import Encoder, ModelSpec
+if TYPE_CHECKING:  # the encoder (torch) is imported only when a model must run
+    from .encoder import Encoder
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +72,7 @@ class Index:
         self._encoder: Encoder | None = None
         self._vectors: dict[str, VectorIndex] = {}
         self._keeper: Upkeep | None = None
+        self._model_info = catalog.model_info()  # read once; refreshed when it changes
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -86,8 +102,6 @@ class Index:
             raise IndexNotFoundError(directory)
         spec = None
         if model is not None or pretrained is not None:
-            from .encoder import resolve_model
-
             spec = resolve_model(model, pretrained)
         return cls(directory, Catalog(db), spec, device)
 
@@ -107,44 +121,29 @@ class Index:
     @property
     def model_info(self) -> dict[str, Any] | None:
         """The model the index was built with (None while the index is empty)."""
-        return self.catalog.model_info()
+        return self._model_info
+
+    def _reload_model_info(self) -> None:
+        self._model_info = self.catalog.model_info()
 
     def _spec(self) -> ModelSpec:
         """The model to encode with: the requested one if compatible, else the stored one."""
-        from .encoder import ModelSpec, resolve_model
-
         stored = self.model_info
         if self._requested is not None:
             if stored and stored["identity"] != self._requested.identity:
                 raise ModelMismatchError(stored["display"], self._requested.display)
             return self._requested
         if stored:
-            return ModelSpec(
-                stored["model"], stored.get("pretrained"), stored["identity"], stored["display"]
-            )
+            return spec_from_record(stored)
         return resolve_model(None, None)
 
     def encoder(self) -> Encoder:
         """The loaded model (loaded on first use)."""
         if self._encoder is None:
-            from .encoder import Encoder
+            from .encoder import Encoder  # torch: seconds to import, only when encoding
 
             self._encoder = Encoder.load(self._spec(), device=self._device)
-            self._record_model(self._encoder)
         return self._encoder
-
-    def _record_model(self, encoder: Encoder) -> None:
-        if self.model_info is None:
-            spec = encoder.spec
-            self.catalog.set_model_info(
-                {
-                    "model": spec.model,
-                    "pretrained": spec.pretrained,
-                    "identity": spec.identity,
-                    "display": spec.display,
-                    "dim": encoder.dim,
-                }
-            )
 
     @property
     def dim(self) -> int:
@@ -159,15 +158,13 @@ class Index:
         exclude: Sequence[str] = (),
         batch_size: int = 64,
         workers: int | None = None,
-        progress: Any = None,
+        progress: ProgressFactory | None = None,
     ) -> RunSummary:
         """Index (or bring up to date) the images under ``paths``.
 
         Returns a :class:`RunSummary`: counts of added, updated, unchanged, removed and
         reused items, and the files skipped with their reasons.
         """
-        from indexer.pipeline import index_images  # the indexer is only needed here
-
         self._check_reembed_done()
         self._spec()  # refuse a mismatched model before any work
         summary = index_images(
@@ -179,15 +176,14 @@ class Index:
             workers=workers,
             progress=progress,
         )
+        self._reload_model_info()
         self.refresh("image")
         return summary
 
     def add_texts(
-        self, texts: Iterable[str], source: str = "api", progress: Any = None
+        self, texts: Iterable[str], source: str = "api", progress: ProgressFactory | None = None
     ) -> RunSummary:
         """Index texts given directly (empty ones are skipped; duplicates stored once)."""
-        from indexer.texts import TextRecord
-
         records = [
             TextRecord(t.strip(), f"{source}:{n}")
             for n, t in enumerate(texts, 1)
@@ -200,50 +196,40 @@ class Index:
         paths: Sequence[str | os.PathLike[str]],
         column: str | None = None,
         field: str = "text",
-        progress: Any = None,
+        progress: ProgressFactory | None = None,
     ) -> RunSummary:
         """Index the texts of .txt (a line each), .jsonl (``field``) or .csv/.tsv
         (``column``) files. Lines that can't be parsed are skipped and listed."""
-        from indexer.texts import read_text_sources
-
         result = read_text_sources(paths, column=column, field=field)
         summary = self._add_text_records(result.records, progress)
-        from .results import Skipped
-
         summary.skipped.extend(Skipped(src, reason) for src, reason in result.skipped)
         return summary
 
-    def _add_text_records(self, records: Sequence[Any], progress: Any) -> RunSummary:
-        from indexer.pipeline import index_texts
-
+    def _add_text_records(
+        self, records: Sequence[TextRecord], progress: ProgressFactory | None
+    ) -> RunSummary:
         self._check_reembed_done()
         self._spec()
         summary = index_texts(self.catalog, records, self.encoder, progress=progress)
+        self._reload_model_info()
         self.refresh("text")
         return summary
 
     def reembed(
-        self, batch_size: int = 64, workers: int | None = None, progress: Any = None
+        self,
+        batch_size: int = 64,
+        workers: int | None = None,
+        progress: ProgressFactory | None = None,
     ) -> RunSummary:
         """Encode every item again with the requested model, which becomes the index's."""
-        from indexer.pipeline import reembed
-
-        from .encoder import Encoder
+        from .encoder import Encoder  # torch: seconds to import, only when encoding
 
         if self._requested is None:
             raise MMSearchError("re-embedding needs a model: pass model=... (--model)")
         encoder = Encoder.load(self._requested, device=self._device)
-        spec = encoder.spec
         self.catalog.set_meta("reembed_pending", "1")
-        self.catalog.set_model_info(
-            {
-                "model": spec.model,
-                "pretrained": spec.pretrained,
-                "identity": spec.identity,
-                "display": spec.display,
-                "dim": encoder.dim,
-            }
-        )
+        self.catalog.set_model_info(model_record(encoder.spec, encoder.dim))
+        self._reload_model_info()
         self._encoder = encoder
         summary = reembed(
             self.catalog, lambda: encoder, batch_size=batch_size, workers=workers, progress=progress
@@ -256,6 +242,35 @@ class Index:
         for modality in TARGETS:
             self.refresh(modality)
         return summary
+
+    def update(
+        self,
+        images: Sequence[str | os.PathLike[str]] = (),
+        text_files: Sequence[str | os.PathLike[str]] = (),
+        reembed: bool = False,
+        settings: dict[str, Any] | None = None,
+        exclude: Sequence[str] = (),
+        column: str | None = None,
+        field: str = "text",
+        batch_size: int = 64,
+        workers: int | None = None,
+        progress: ProgressFactory | None = None,
+    ) -> RunSummary:
+        """Everything ``mmsearch index`` does, in its order: apply vector-index
+        ``settings`` (keys of :meth:`configure`), re-embed with the requested model, bring
+        the ``images`` folders up to date, add the ``text_files``. Returns one summary."""
+        if settings and any(v is not None for v in settings.values()):
+            self.configure(**settings)
+        total = RunSummary()
+        if reembed:
+            total += self.reembed(batch_size=batch_size, workers=workers, progress=progress)
+        if images:
+            total += self.add_images(
+                images, exclude=exclude, batch_size=batch_size, workers=workers, progress=progress
+            )
+        if text_files:
+            total += self.add_text_files(text_files, column=column, field=field, progress=progress)
+        return total
 
     def _check_reembed_done(self) -> None:
         if self.catalog.get_meta("reembed_pending"):
@@ -313,9 +328,7 @@ class Index:
         """
         from dataclasses import replace
 
-        from .index_policy import choose_spec
-
-        current = Settings.load(self.catalog)
+        current = self.catalog.settings()
         new = replace(
             current,
             index_type=index_type or current.index_type,
@@ -335,7 +348,7 @@ class Index:
                 raise MMSearchError(f"{modality} index: {exc}") from exc
         if new == current:
             return
-        new.save(self.catalog)
+        self.catalog.save_settings(new)
         keeper = self._upkeep()
         for modality in TARGETS:  # rebuild under the new settings
             self._vectors.pop(modality, None)
@@ -415,10 +428,6 @@ class Index:
         An indexed unchanged file, or an identical copy of indexed content, reuses the
         stored embedding, so no model is loaded at all.
         """
-        from indexer.load import load_image
-        from indexer.pipeline import draft_size
-        from indexer.scan import content_hash
-
         path = Path(os.path.abspath(path.expanduser()))
         try:
             digest = content_hash(path)
@@ -446,13 +455,23 @@ class Index:
             if model is None or not self.catalog.count(modality):
                 continue
             vi = self.vectors(modality)
+            params = dict(vi.manifest.params)
+            by_query = {
+                query: QueryTuning(
+                    int(tuned["nprobe"]),
+                    int(tuned["rerank_factor"]),
+                    tuned.get("tuned_recall", {}).get(query),
+                )
+                for query, tuned in sorted(params.pop("by_query", {}).items())
+            }
             vectors.append(
                 VectorInfo(
                     modality,
                     vi.count,
                     vi.manifest.factory,
-                    dict(vi.manifest.params),
+                    params,
                     vi.bytes_per_vector(),
+                    by_query,
                 )
             )
         size = sum(p.stat().st_size for p in self.path.glob(config.CATALOG_FILE + "*"))

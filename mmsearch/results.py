@@ -2,8 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Protocol
+
+
+class Progress(Protocol):
+    """What a progress bar must offer (tqdm does)."""
+
+    def update(self, n: int = 1) -> Any: ...
+    def close(self) -> Any: ...
+
+
+#: Makes a progress bar: ``factory(total, description)``.
+ProgressFactory = Callable[[int, str], Progress]
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def no_progress(total: int, desc: str) -> Progress:
+    """A progress factory that shows nothing (the library's default)."""
+    return _NoProgress()
 
 
 @dataclass(frozen=True)
@@ -74,6 +99,14 @@ class RunSummary:
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
 
+    def __add__(self, other: RunSummary) -> RunSummary:
+        """Two runs' summaries as one (counts and seconds add up, skips concatenate)."""
+        out = RunSummary(skipped=[*self.skipped, *other.skipped])
+        for f in fields(self):
+            if f.name != "skipped":
+                setattr(out, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["seconds"] = round(self.seconds, 3)
@@ -81,14 +114,33 @@ class RunSummary:
 
 
 @dataclass(frozen=True)
+class QueryTuning:
+    """The search parameters an IVF index was tuned to for one query modality."""
+
+    nprobe: int
+    rerank_factor: int
+    recall: float | None  # recall@10 reached on held-out queries when tuning
+
+
+@dataclass(frozen=True)
 class VectorInfo:
-    """What one modality's ANN index holds."""
+    """What one modality's ANN index holds.
+
+    Attributes:
+        modality: ``image`` or ``text``.
+        count: vectors held.
+        index_type: the FAISS factory string.
+        params: build and search parameters (nlist, nprobe, re-rank factor …).
+        bytes_per_vector: RAM held per vector.
+        by_query: per query modality, the tuned search parameters (IVF indexes).
+    """
 
     modality: str
     count: int
     index_type: str
     params: dict[str, Any]
     bytes_per_vector: float
+    by_query: dict[str, QueryTuning] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from conftest import GOOD_IMAGES, TINY, noise_image
 from PIL import Image
 
 import mmsearch
-from mmsearch import index_policy
+from mmsearch.ann import policy as index_policy
 from mmsearch.encoder import Encoder
 
 

@@ -14,8 +14,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import BAD_FILES, GOOD_IMAGES, TINY, noise_image
 
-from mmsearch.cli import ExitStatus, cli
+from mmsearch.cli import cli
 from mmsearch.encoder import Encoder
+from mmsearch.status import ExitStatus
 
 HIT_LINE = re.compile(r"^-?\d\.\d{3}\t\S.*$")
 
@@ -331,7 +332,7 @@ def test_info(tmp_path, photos):
 
 def test_info_shows_the_tuning_of_each_query_modality(tmp_path, photos, monkeypatch):
     import mmsearch
-    from mmsearch import index_policy
+    from mmsearch.ann import policy as index_policy
 
     monkeypatch.setattr(index_policy, "EXACT_MAX", 300)
     colours, things = ["red", "green", "blue", "grey"], ["car", "boat", "dog", "tree", "house"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmsearch.coarse import _allocate, two_level_kmeans
+from mmsearch.ann.coarse import _allocate, two_level_kmeans
 
 
 @pytest.mark.parametrize("seed", range(5))

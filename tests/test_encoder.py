@@ -14,8 +14,10 @@ import pytest
 from PIL import Image
 
 import mmsearch.encoder
-from mmsearch.encoder import Encoder, resolve_model
+import mmsearch.models
+from mmsearch.encoder import Encoder
 from mmsearch.errors import ModelError, WeightsUnavailableError
+from mmsearch.models import resolve_model
 
 TINY = "mmsearch-tiny"
 TINY_DIM = 128
@@ -239,6 +241,6 @@ def test_load_uncached_weights_hub_unreachable_fails_fast(
         probes.append(timeout)
         return False
 
-    monkeypatch.setattr(mmsearch.encoder, "_hub_reachable", unreachable)
+    monkeypatch.setattr(mmsearch.models, "_hub_reachable", unreachable)
     _assert_fails_fast("cannot be reached")
     assert probes, "the hub was not probed before giving up"

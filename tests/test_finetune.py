@@ -14,11 +14,13 @@ from click.testing import CliRunner
 from conftest import TINY, noise_image
 
 from mmsearch import InputError, MMSearchError
-from mmsearch.cli import ExitStatus, cli
+from mmsearch.cli import cli
 from mmsearch.encoder import Encoder
-from mmsearch.evaluation import METRIC_KEYS, retrieval_metrics
-from mmsearch.finetune import FinetuneConfig, _Trainer, finetune, lr_at, split_pairs
-from mmsearch.pairs import Pair, read_pairs
+from mmsearch.finetune.data import split_pairs
+from mmsearch.finetune.evaluation import METRIC_KEYS, retrieval_metrics
+from mmsearch.finetune.pairs import Pair, read_pairs
+from mmsearch.finetune.train import FinetuneConfig, _Trainer, finetune, lr_at
+from mmsearch.status import ExitStatus
 
 
 @pytest.fixture
@@ -114,7 +116,7 @@ def test_finetune_saves_a_loadable_model_with_eval(tmp_path, pairs_csv):
 def test_time_budget_runs_the_whole_schedule(tmp_path, pairs_csv, monkeypatch):
     """With --max-seconds the schedule follows the clock: the run ends near the floor, not
     at full learning rate with most epochs left (a bug of the first version)."""
-    import mmsearch.finetune as ft
+    import mmsearch.finetune.train as ft
 
     seen: list[float] = []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmsearch.index_policy import (
+from mmsearch.ann.policy import (
     EXACT_MAX,
     MIN_IVF_VECTORS,
     choose_spec,

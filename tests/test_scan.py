@@ -12,11 +12,11 @@ from indexer.scan import (
     IMAGE_EXTENSIONS,
     FileEntry,
     KnownFile,
-    content_hash,
     plan_changes,
     scan,
 )
 from mmsearch.errors import InputError
+from mmsearch.media import content_hash
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

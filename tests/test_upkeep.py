@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmsearch import index_policy
+from mmsearch.ann import policy as index_policy
+from mmsearch.ann.store import EmbeddingStore
+from mmsearch.ann.tuning import exact_topk, recall_at_k, search_with_rerank
+from mmsearch.ann.upkeep import Upkeep
 from mmsearch.catalog import Catalog
+from mmsearch.config import IndexSettings
 from mmsearch.search import search_vector
-from mmsearch.store import EmbeddingStore
-from mmsearch.upkeep import Settings, Upkeep, search_with_rerank
-from mmsearch.vectors import exact_topk, recall_at_k
 
 DIM = 32
 MODEL = "synthetic"
@@ -146,8 +147,8 @@ def test_reopen_uses_the_saved_index_and_retrains_after_growth(tmp_path, catalog
 
 def test_settings_force_flat_and_round_trip(tmp_path, catalog, small_exact):
     fill(catalog, clustered(3_000, 9))
-    Settings(index_type="flat", memory_budget=None, recall_target=0.9).save(catalog)
-    assert Settings.load(catalog) == Settings("flat", None, 0.9)
+    catalog.save_settings(IndexSettings(index_type="flat", memory_budget=None, recall_target=0.9))
+    assert catalog.settings() == IndexSettings("flat", None, 0.9)
     vi = Upkeep(tmp_path, catalog, MODEL, DIM).refresh("image", None)
     assert vi.manifest.params["kind"] == "flat"
 
@@ -156,7 +157,7 @@ def test_deeper_rerank_only_when_the_usual_depths_fall_short(monkeypatch):
     """×30/×100 the base factor are tried only if ×1/×3/×10 reach no target (10M case)."""
     from types import SimpleNamespace
 
-    import mmsearch.upkeep as upkeep
+    import mmsearch.ann.tuning as upkeep
 
     reach = {"at": 0}  # the re-rank factor from which recall reaches the target
 

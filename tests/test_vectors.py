@@ -10,13 +10,14 @@ import faiss
 import numpy as np
 import pytest
 
-import mmsearch.vectors as vectors_module
+import mmsearch.ann.faiss_index as vectors_module
+from mmsearch.ann.coarse import two_level_kmeans
+from mmsearch.ann.faiss_index import Manifest, VectorIndex
+from mmsearch.ann.policy import EXACT_MAX, choose_spec
+from mmsearch.ann.tuning import tune_nprobe
 from mmsearch.catalog import Catalog
-from mmsearch.coarse import two_level_kmeans
 from mmsearch.errors import IndexCorruptError
-from mmsearch.index_policy import EXACT_MAX, choose_spec
 from mmsearch.search import search_vector
-from mmsearch.vectors import Manifest, VectorIndex, tune_nprobe
 
 MODEL = "test-model"
 

@@ -13,20 +13,20 @@ import json
 import logging
 import math
 import os
-import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from .encoder import Encoder
-from .errors import InputError, MMSearchError
-from .evaluation import retrieval_metrics
-from .pairs import Pair, PairsFile, read_pairs
+from mmsearch.encoder import Encoder
+from mmsearch.errors import InputError, MMSearchError
+
+from .data import PairData, load_pairs, split_pairs
+from .evaluation import model_metrics
+from .pairs import read_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -97,98 +97,6 @@ class FinetuneResult:
         return asdict(self)
 
 
-@dataclass
-class _Data:
-    images: torch.Tensor  # (n, 3, H, W) float16, preprocessed
-    captions: list[str]
-
-
-def split_pairs(
-    pairs: Sequence[Pair], val_fraction: float, max_val: int, seed: int
-) -> tuple[list[Pair], list[Pair]]:
-    """Seeded (train, validation) split."""
-    if not 0 < val_fraction < 1:
-        raise MMSearchError(f"val_fraction must be between 0 and 1, not {val_fraction}")
-    order = list(pairs)
-    random.Random(seed).shuffle(order)
-    n_val = min(max_val, max(1, round(len(order) * val_fraction)))
-    if len(order) - n_val < 2:
-        raise MMSearchError(f"too few usable pairs ({len(order)}) to train and validate")
-    return order[n_val:], order[:n_val]
-
-
-def _load(
-    pairs: Sequence[Pair],
-    encoder: Encoder,
-    skipped: list[tuple[str, str]],
-    progress: Callable[[int, str], Any] | None,
-    desc: str,
-) -> _Data:
-    """Decode and preprocess every image once (they are reused every epoch)."""
-    from indexer.load import load_many  # the indexer's robust decode pool
-
-    by_path: dict[str, list[str]] = {}
-    for p in pairs:
-        by_path.setdefault(p.image, []).append(p.caption)
-    tensors: list[torch.Tensor] = []
-    captions: list[str] = []
-    bar = progress(len(by_path), desc) if progress else None
-    for path, _, tensor, error in load_many(list(by_path), transform=encoder.preprocess):
-        if error is not None:
-            skipped.extend((path, error.reason) for _ in by_path[path])
-        else:
-            for caption in by_path[path]:
-                tensors.append(tensor.to(torch.float16))
-                captions.append(caption)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    if not tensors:
-        raise MMSearchError("none of the images could be read")
-    return _Data(torch.stack(tensors), captions)
-
-
-@torch.inference_mode()
-def _embed(encoder: Encoder, data: _Data, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    encoder.model.eval()
-    imgs = [
-        encoder.encode_image_tensors(data.images[i : i + batch].float())
-        for i in range(0, len(data.captions), batch)
-    ]
-    txts = [
-        encoder.encode_texts(data.captions[i : i + batch])
-        for i in range(0, len(data.captions), batch)
-    ]
-    return np.concatenate(imgs), np.concatenate(txts)
-
-
-def _metrics(encoder: Encoder, data: _Data) -> dict[str, float]:
-    image_emb, text_emb = _embed(encoder, data)
-    return retrieval_metrics(image_emb, text_emb, data.captions)
-
-
-def evaluate(
-    pairs_path: str | os.PathLike[str],
-    model: str | os.PathLike[str] | None = None,
-    pretrained: str | None = None,
-    device: str | None = None,
-    image_column: str = "image",
-    caption_column: str = "caption",
-    progress: Callable[[int, str], Any] | None = None,
-) -> tuple[dict[str, float], PairsFile]:
-    """Recall@1/5/10 in both directions of ``model`` on every pair of a file.
-
-    Returns the metrics (keys ``t2i_r1`` … ``i2t_r10`` and ``n``) and the parsed file.
-    """
-    pairs = read_pairs(pairs_path, image_column, caption_column)
-    if not pairs.pairs:
-        raise InputError(pairs_path, "no usable pairs")
-    encoder = Encoder.load(model, pretrained, device=device)
-    data = _load(pairs.pairs, encoder, pairs.skipped, progress, "loading images")
-    return _metrics(encoder, data), pairs
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -225,7 +133,7 @@ def _lock(model: torch.nn.Module, cfg: FinetuneConfig) -> None:
 class _Trainer:
     """One training run: the loop, its schedule, mixed precision and checkpoints."""
 
-    def __init__(self, encoder: Encoder, data: _Data, cfg: FinetuneConfig) -> None:
+    def __init__(self, encoder: Encoder, data: PairData, cfg: FinetuneConfig) -> None:
         from open_clip.loss import ClipLoss
 
         self.encoder, self.data, self.cfg = encoder, data, cfg
@@ -336,16 +244,46 @@ def finetune(
         and the result says ``interrupted``.
     """
     cfg = config or FinetuneConfig()
-    torch.manual_seed(cfg.seed)
+    # Seeded without touching the caller's global RNG: its state is restored on return.
+    with torch.random.fork_rng(devices=_cuda_devices()):
+        torch.manual_seed(cfg.seed)
+        return _finetune(
+            pairs_path,
+            out_dir,
+            model,
+            pretrained,
+            device,
+            cfg,
+            image_column,
+            caption_column,
+            progress,
+        )
+
+
+def _cuda_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def _finetune(
+    pairs_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    model: str | os.PathLike[str] | None,
+    pretrained: str | None,
+    device: str | None,
+    cfg: FinetuneConfig,
+    image_column: str,
+    caption_column: str,
+    progress: Callable[[int, str], Any] | None,
+) -> FinetuneResult:
     pairs = read_pairs(pairs_path, image_column, caption_column)
     if len(pairs.pairs) < 3:
         raise InputError(pairs_path, f"only {len(pairs.pairs)} usable pairs; need at least 3")
     train_pairs, val_pairs = split_pairs(pairs.pairs, cfg.val_fraction, cfg.max_val, cfg.seed)
     encoder = Encoder.load(model, pretrained, device=device)
     skipped = list(pairs.skipped)
-    train = _load(train_pairs, encoder, skipped, progress, "loading train images")
-    val = _load(val_pairs, encoder, skipped, progress, "loading val images")
-    before = _metrics(encoder, val)
+    train = load_pairs(train_pairs, encoder, skipped, progress, "loading train images")
+    val = load_pairs(val_pairs, encoder, skipped, progress, "loading val images")
+    before = model_metrics(encoder, val)
     _lock(encoder.model, cfg)
     trainer = _Trainer(encoder, train, cfg)
     started = time.perf_counter()
@@ -365,7 +303,7 @@ def finetune(
             bar.close()
     seconds = time.perf_counter() - started
     encoder.model.eval()
-    after = _metrics(encoder, val)
+    after = model_metrics(encoder, val)
     result = FinetuneResult(
         out_dir=str(Path(out_dir).resolve()),
         before=before,

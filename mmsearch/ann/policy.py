@@ -29,7 +29,7 @@ The rules, and why:
     scan: a flat scan costs 16,384 dot products a query and, when adding 10M vectors,
     10M × 16,384 (8·10¹³ multiply-adds at 512 dimensions); the graph visits a few hundred
     centroids. It costs ``2·32`` int32 links per centroid (~0.4 B a vector at 10M). Such
-    quantisers are trained by two-level k-means (:mod:`mmsearch.coarse`).
+    quantisers are trained by two-level k-means (:mod:`mmsearch.ann.coarse`).
   - Retrain when the corpus has grown 4× past the size the index was built for: √ of that
     doubles the ideal nlist, and the lists the quantiser was trained for grow 4× longer.
 """
@@ -57,6 +57,27 @@ MIN_CODE_BYTES = 8
 MIN_IVF_VECTORS = 1_000
 #: Growth factor of the corpus past the build size that triggers retraining.
 RETRAIN_GROWTH = 4
+#: Candidates fetched per wanted hit from full-size (dim/8-byte) PQ codes and re-scored
+#: exactly; coarser codes multiply it (see :func:`choose_spec`).
+RERANK_FACTOR = 10
+
+
+def memory_per_vector(
+    dim: int,
+    n: int,
+    nlist: int = 0,
+    code_bytes: int = 0,
+    opq: bool = False,
+    graph_links: int = 0,
+) -> float:
+    """RAM an index holds per vector: a flat index (``nlist`` 0) keeps the float32 vector
+    and its id; an IVF index keeps a code and an id, plus its shared parts spread over
+    ``n`` vectors: the coarse centroids, the OPQ matrix, and ``graph_links`` int32 links
+    per centroid of an HNSW quantiser's level 0."""
+    if nlist == 0:
+        return float(4 * dim + ID_BYTES)
+    shared = nlist * dim * 4 + (dim * dim * 4 if opq else 0) + nlist * graph_links * 4
+    return code_bytes + ID_BYTES + shared / max(n, 1)
 
 
 @dataclass(frozen=True)
@@ -82,13 +103,9 @@ class IndexSpec:
     rerank_factor: int = 1
 
     def bytes_per_vector(self, dim: int, n: int = 1_000_000) -> float:
-        """RAM per vector: code + id, plus centroids and OPQ matrix spread over n."""
-        if self.kind == "flat":
-            return float(4 * dim + ID_BYTES)
-        shared = self.nlist * dim * 4 + (dim * dim * 4 if self.opq else 0)
-        if self.nlist >= HNSW_QUANTIZER_MIN_NLIST:
-            shared += self.nlist * 2 * HNSW_LINKS * 4
-        return self.pq_m + ID_BYTES + shared / max(n, 1)
+        """RAM per vector: code + id, plus centroids, OPQ matrix and graph spread over n."""
+        links = 2 * HNSW_LINKS if self.nlist >= HNSW_QUANTIZER_MIN_NLIST else 0
+        return memory_per_vector(dim, n, self.nlist, self.pq_m, self.opq, links)
 
 
 def _nlist(n: int) -> int:
@@ -145,7 +162,7 @@ def choose_spec(
         m = _divisor_at_most(dim, m // 2)
     opq = m * 8 < dim  # coarser than 8 dims per code byte: rotate first
     # Coarser codes order candidates worse: fetch more of them for the exact re-rank.
-    rerank = 10 * max(1, (dim // 8) // m)
+    rerank = RERANK_FACTOR * max(1, (dim // 8) // m)
     hnsw = f"_HNSW{HNSW_LINKS}" if nlist >= HNSW_QUANTIZER_MIN_NLIST else ""
     factory = f"{f'OPQ{m},' if opq else ''}IVF{nlist}{hnsw},PQ{m}"
     train = min(n, max(min(max(64 * nlist, 100_000), 500_000), 40 * nlist))
@@ -153,7 +170,7 @@ def choose_spec(
 
 
 def _ivf_bytes(n: int, dim: int, nlist: int, m: int) -> float:
-    return n * (m + ID_BYTES) + nlist * dim * 4
+    return n * memory_per_vector(dim, n, nlist, m)
 
 
 def needs_retrain(built_for: int, n: int) -> bool:

@@ -19,25 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from mmsearch.errors import IndexCorruptError
+
 from .coarse import TWO_LEVEL_MIN_NLIST, clustering_index, two_level_kmeans
-from .errors import DependencyError, IndexCorruptError
-from .index_policy import choose_spec
+from .library import require_faiss
+from .policy import choose_spec, memory_per_vector
 
 logger = logging.getLogger(__name__)
-
-try:
-    import faiss
-except ImportError:  # pragma: no cover - exercised only without the extra installed
-    faiss = None
-
-
-def require_faiss() -> Any:
-    """The faiss module, or a clear error naming the extra to install."""
-    if faiss is None:
-        raise DependencyError(
-            "faiss", "install mmsearch[cpu] (faiss-cpu) or mmsearch[gpu] (faiss-gpu)"
-        )
-    return faiss
 
 
 @dataclass
@@ -207,13 +195,12 @@ class VectorIndex:
         fs = require_faiss()
         dim = self.manifest.dim
         if self.manifest.factory == "Flat":
-            return float(dim * 4 + 8)
+            return memory_per_vector(dim, self.count)
         ivf = fs.extract_index_ivf(self.index)
-        centroids = ivf.nlist * dim * 4
         hnsw = _hnsw_quantizer(ivf)
-        if hnsw is not None:  # the graph's level-0 neighbour lists (int32 links)
-            centroids += ivf.nlist * hnsw.hnsw.nb_neighbors(0) * 4
-        return float(ivf.code_size + 8 + centroids / max(self.count, 1))
+        links = hnsw.hnsw.nb_neighbors(0) if hnsw is not None else 0
+        opq = isinstance(self.index, fs.IndexPreTransform)
+        return memory_per_vector(dim, self.count, ivf.nlist, ivf.code_size, opq, links)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add vectors under their ids. With faiss-gpu and a GPU, an IVF index assigns them
@@ -352,89 +339,3 @@ def _atomic_write(path: Path, write: Any) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def exact_topk(
-    queries: np.ndarray,
-    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
-    k: int,
-    exclude: np.ndarray | None = None,
-) -> np.ndarray:
-    """Exact top-``k`` ids by inner product, streaming over (ids, vectors) chunks so the
-    corpus is never whole in RAM. ``exclude[i]`` is an id query ``i`` must not return
-    (itself, for queries drawn from the corpus), or -1."""
-    nq = len(queries)
-    best_s = np.full((nq, k), -np.inf, dtype=np.float32)
-    best_i = np.full((nq, k), -1, dtype=np.int64)
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    for ids, vecs in chunks:
-        scores = q @ np.ascontiguousarray(vecs, dtype=np.float32).T
-        if exclude is not None:
-            scores[ids[None, :] == exclude[:, None]] = -np.inf
-        all_s = np.concatenate([best_s, scores], axis=1)
-        all_i = np.concatenate([best_i, np.broadcast_to(ids, scores.shape)], axis=1)
-        top = np.argpartition(-all_s, min(k, all_s.shape[1] - 1), axis=1)[:, :k]
-        best_s = np.take_along_axis(all_s, top, axis=1)
-        best_i = np.take_along_axis(all_i, top, axis=1)
-    order = np.argsort(-best_s, axis=1, kind="stable")
-    return np.take_along_axis(best_i, order, axis=1)
-
-
-def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Mean share of each query's true top-``k`` that appears in its found top-``k``."""
-    hits = [
-        len(set(f[:k].tolist()) & set(t[:k].tolist())) for f, t in zip(found, truth, strict=True)
-    ]
-    return float(np.mean(hits)) / k if hits else 1.0
-
-
-#: Recall gained by doubling nprobe below which tuning stops probing more lists: at 10M,
-#: probing on to all 16,384 lists for a recall the re-rank depth caps cost minutes per try.
-PLATEAU_GAIN = 0.003
-
-
-def tune_nprobe(
-    search: Any,
-    queries: np.ndarray,
-    truth: np.ndarray,
-    nlist: int,
-    k: int = 10,
-    target: float = 0.95,
-) -> tuple[int, float]:
-    """The smallest nprobe whose recall@k reaches ``target``.
-
-    Args:
-        search: ``search(queries, k, nprobe) -> ids (nq, k)``, the full query path
-            (ANN candidates + exact re-rank), so the tuned recall is what users get.
-        queries: held-out query vectors.
-        truth: their exact top-k ids.
-        nlist: the number of inverted lists (upper bound of nprobe).
-        k: recall cut-off.
-        target: recall wanted.
-
-    Returns:
-        (nprobe, the recall it reached). Doubles nprobe until the target is met, then
-        bisects between the last two values. If recall stops rising before the target
-        (a doubling from 8 lists up gains less than :data:`PLATEAU_GAIN`: the candidates,
-        not the lists visited, are the limit) or even nprobe = nlist falls short, returns
-        the last value tried with its recall.
-    """
-    cache: dict[int, float] = {}
-
-    def rec(p: int) -> float:
-        if p not in cache:
-            cache[p] = recall_at_k(search(queries, k, p), truth, k)
-        return cache[p]
-
-    lo, hi = 0, 1
-    while rec(hi) < target:
-        if hi >= nlist or (lo >= 8 and rec(hi) - rec(lo) < PLATEAU_GAIN):
-            return hi, rec(hi)
-        lo, hi = hi, min(hi * 2, nlist)
-    while hi - lo > max(1, hi // 8):  # bisect to within ~12%: finer is noise
-        mid = (lo + hi) // 2
-        if rec(mid) >= target:
-            hi = mid
-        else:
-            lo = mid
-    return hi, rec(hi)

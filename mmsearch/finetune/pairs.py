@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from mmsearch.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -22,24 +22,26 @@ from typing import Any
 
 import numpy as np
 
-#: From this many lists, IVF coarse quantisers are trained with two-level k-means.
-TWO_LEVEL_MIN_NLIST = 8192
+from .library import require_faiss
+from .policy import HNSW_QUANTIZER_MIN_NLIST
+
+#: From this many lists, IVF coarse quantisers are trained with two-level k-means: the
+#: same corpora whose quantiser is an HNSW graph (one threshold, stated in the policy).
+TWO_LEVEL_MIN_NLIST = HNSW_QUANTIZER_MIN_NLIST
 #: k-means iterations at each level.
 NITER = 20
 
 
 def gpu_count() -> int:
     """GPUs faiss can use (0 with faiss-cpu, or with faiss-gpu but no visible device)."""
-    import faiss
-
+    faiss = require_faiss()
     get = getattr(faiss, "get_num_gpus", None)
     return int(get()) if get is not None else 0
 
 
 def clustering_index(dim: int, metric: int) -> Any | None:
     """A flat index on all GPUs for k-means to assign points with, or None without GPUs."""
-    import faiss
-
+    faiss = require_faiss()
     if not gpu_count():
         return None
     return faiss.index_cpu_to_all_gpus(faiss.IndexFlat(dim, metric))
@@ -47,8 +49,7 @@ def clustering_index(dim: int, metric: int) -> Any | None:
 
 def _kmeans(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(centroids (k, dim), assignment of each row of ``x``) by spherical k-means."""
-    import faiss
-
+    faiss = require_faiss()
     if k <= 1:
         c = x.mean(axis=0, keepdims=True)
         return _unit(c), np.zeros(len(x), dtype=np.int64)

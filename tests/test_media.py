@@ -6,12 +6,12 @@ import os
 import threading
 from pathlib import Path
 
+import mmsearch.media as load_module
 import pytest
 from PIL import Image
 
-import indexer.load as load_module
-from indexer.load import LoadedImage, load_image, load_many
 from mmsearch.errors import InputError
+from mmsearch.media import LoadedImage, load_image, load_many
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)

@@ -1,4 +1,5 @@
-"""Decode image files into RGB :class:`PIL.Image.Image` objects, with reasons for failures.
+"""Image files: decode one (EXIF orientation, any mode to RGB, size limits, reasons for
+failures) or many in a thread pool, and hash their bytes.
 
 :func:`load_image` turns every way a file can be unusable (missing, empty, not an image,
 truncated, too large, unreadable) into an :class:`~mmsearch.errors.InputError` with a short
@@ -8,6 +9,7 @@ a thread pool (Pillow releases the GIL while decoding) and yields results in inp
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -21,7 +23,7 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mmsearch.errors import InputError
+from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +45,6 @@ class LoadedImage:
     image: Image.Image  # mode RGB, EXIF orientation applied (maybe reduced by draft_size)
     width: int  # of the oriented full-resolution image
     height: int
-
-
-_Result = tuple[LoadedImage | None, Any, InputError | None]  # what a worker returns
 
 
 def load_image(
@@ -82,7 +81,10 @@ def load_image(
             with img:
                 return _decode(path, img, max_pixels, draft_size)
     except OSError as exc:  # open() failed; decoding errors are InputErrors already
-        raise InputError(path, _os_reason(exc)) from exc
+        raise InputError(path, os_reason(exc)) from exc
+
+
+_Result = tuple[LoadedImage | None, Any, InputError | None]  # what a worker returns
 
 
 def load_many(
@@ -159,12 +161,42 @@ def _load_one(
         return None, None, InputError(path, f"transform failed: {exc}")
 
 
+def draft_size(image_size: int) -> int:
+    """The side JPEGs are decoded at for a model whose input is ``image_size`` pixels
+    square: reduced-scale decoding down to twice the input side is much faster for camera
+    photos, and the resize to the input side hides the difference."""
+    return 2 * image_size
+
+
+def content_hash(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hash a file's bytes (BLAKE2b, 16-byte digest), reading it in chunks.
+
+    Args:
+        path: The file.
+        chunk_size: Bytes read at a time.
+
+    Returns:
+        The digest as 32 lower-case hex characters.
+
+    Raises:
+        InputError: The file cannot be read.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(chunk_size):
+                digest.update(chunk)
+    except OSError as exc:
+        raise InputError(path, os_reason(exc)) from exc
+    return digest.hexdigest()
+
+
 def _check_file(path: str) -> None:
     """Raise for a missing, non-regular or empty file (cheap, before opening it)."""
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise InputError(path, _os_reason(exc)) from exc
+        raise InputError(path, os_reason(exc)) from exc
     if not stat.S_ISREG(st.st_mode):
         raise InputError(path, "not a regular file")
     if st.st_size == 0:
@@ -260,7 +292,7 @@ def _bomb_reason(exc: Image.DecompressionBombError) -> str:
     return f"too large: {match[1]} pixels exceeds the limit of {match[2]}"
 
 
-def _os_reason(exc: OSError) -> str:
+def os_reason(exc: OSError) -> str:
     """A short human reason for an OS error."""
     if isinstance(exc, FileNotFoundError):
         return "no such file"
