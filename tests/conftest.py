@@ -7,13 +7,52 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 os.environ.setdefault("MMSEARCH_DEVICE", "cpu")
 
+import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import ModuleType  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 TINY = "mmsearch-tiny"
+TINY_DIM = 128
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_make_shapes() -> ModuleType:
+    """data/make_shapes.py as a module (data/ holds scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("make_shapes", ROOT / "data" / "make_shapes.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Seeded random unit rows (float32)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered_dataset(
+    n: int, nq: int, dim: int, n_clusters: int, noise: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Database and query unit vectors drawn around shared random cluster centres.
+
+    In the spirit of faiss's ``contrib.datasets.SyntheticDataset``: seeded, structured
+    enough for a coarse quantiser to learn, noisy enough that neighbours are not trivial.
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
+
+    def draw(m: int) -> np.ndarray:
+        x = centres[rng.integers(0, n_clusters, m)]
+        x = x + noise * rng.standard_normal((m, dim)).astype(np.float32)
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    return draw(n), draw(nq)
 
 
 def noise_image(
@@ -68,6 +107,15 @@ def photos(tmp_path: Path) -> dict[str, Path]:
     noise_image(99).save(root / ".hidden" / "secret.png")
     out.update(broken=truncated, empty=root / "empty.png", text=root / "notes.jpg")
     return out
+
+
+@pytest.fixture
+def catalog(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """An empty catalog in a temporary index directory."""
+    from mmsearch.catalog import Catalog
+
+    with Catalog(tmp_path / "index" / "catalog.sqlite") as cat:
+        yield cat
 
 
 GOOD_IMAGES = 7  # images the fixture makes that can be indexed

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import unit_vectors as shared_unit_vectors
 from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
@@ -17,9 +18,7 @@ DIM = 16
 
 
 def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return shared_unit_vectors(n, dim, seed)
 
 
 def image_row(i: int, vector: np.ndarray, **extra: object) -> dict[str, object]:
@@ -50,14 +49,8 @@ def text_row(i: int, vector: np.ndarray, **extra: object) -> dict[str, object]:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "index" / "catalog.sqlite"
-
-
-@pytest.fixture
-def catalog(db_path: Path):
-    with Catalog(db_path) as cat:
-        yield cat
+def db_path(catalog: Catalog) -> Path:
+    return catalog.path
 
 
 # -- schema ------------------------------------------------------------------------------

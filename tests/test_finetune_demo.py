@@ -4,30 +4,19 @@ and a fine-tuned model that finds red circles end to end (slow: about two minute
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import TINY
+from conftest import TINY, load_make_shapes
 
 from mmsearch.cli import cli
 from mmsearch.finetune import FinetuneConfig, finetune
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _make_shapes():  # data/ is scripts, not a package
-    spec = importlib.util.spec_from_file_location("make_shapes", ROOT / "data" / "make_shapes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_shapes
-
 
 @pytest.mark.slow
 def test_finetuning_lifts_recall_and_finds_red_circles(tmp_path):
-    pairs = _make_shapes()(
+    pairs = load_make_shapes().make_shapes(
         tmp_path / "shapes", n=4000, seed=0, kinds={"single": 0.5, "count": 0.25, "pair": 0.25}
     )
     out = tmp_path / "tuned"

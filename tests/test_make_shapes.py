@@ -1,27 +1,18 @@
 """Tests of the synthetic shapes generator, data/make_shapes.py."""
 
 import csv
-import importlib.util
 import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, load_make_shapes
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "data" / "make_shapes.py"
 
 
-def _load():
-    # data/ is not a package: import the script by path.
-    spec = importlib.util.spec_from_file_location("make_shapes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ms = _load()
+ms = load_make_shapes()
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -6,10 +6,10 @@ import os
 import threading
 from pathlib import Path
 
-import mmsearch.media as load_module
 import pytest
 from PIL import Image
 
+import mmsearch.media as load_module
 from mmsearch.errors import InputError
 from mmsearch.media import LoadedImage, load_image, load_many
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import clustered_dataset
 
 from mmsearch.ann import policy as index_policy
 from mmsearch.ann.store import EmbeddingStore
@@ -20,10 +19,7 @@ MODEL = "synthetic"
 
 
 def clustered(n: int, seed: int, centres: int = 50) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((centres, DIM)).astype(np.float32)
-    x = c[rng.integers(0, centres, n)] + 0.6 * rng.standard_normal((n, DIM)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return clustered_dataset(n, 0, DIM, centres, 0.6, seed)[0]
 
 
 def fill(
@@ -43,11 +39,10 @@ def fill(
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> Catalog:
-    cat = Catalog(tmp_path / "catalog.sqlite")
-    cat.set_model_info({"model": MODEL, "identity": MODEL, "display": MODEL, "dim": DIM})
-    yield cat
-    cat.close()
+def catalog(catalog: Catalog) -> Catalog:
+    """The shared empty catalog, holding this module's synthetic model."""
+    catalog.set_model_info({"model": MODEL, "identity": MODEL, "display": MODEL, "dim": DIM})
+    return catalog
 
 
 @pytest.fixture
@@ -110,7 +105,8 @@ def test_ivfpq_build_tunes_nprobe_to_target(tmp_path, catalog, small_exact):
     for modality in ("text", "image", None):
         search_vector(catalog, vi, queries[0], 10, keeper.store.get, query_modality=modality)
     expect = [(10 * by_query[m]["rerank_factor"], by_query[m]["nprobe"]) for m in by_query]
-    assert sorted(seen[:2]) == sorted(expect) and seen[2] == (10 * params["rerank_factor"], None)
+    overall = (10 * params["rerank_factor"], params["nprobe"])
+    assert sorted(seen[:2]) == sorted(expect) and seen[2] == overall
 
 
 def test_deletes_and_additions_without_rebuild(tmp_path, catalog, small_exact, monkeypatch):

@@ -9,6 +9,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+from conftest import clustered_dataset, unit_vectors
 
 import mmsearch.ann.faiss_index as vectors_module
 from mmsearch.ann.coarse import two_level_kmeans
@@ -20,31 +21,6 @@ from mmsearch.errors import IndexCorruptError
 from mmsearch.search import search_vector
 
 MODEL = "test-model"
-
-
-def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, dim)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def clustered_dataset(
-    n: int, nq: int, dim: int, n_clusters: int, noise: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Database and query unit vectors drawn around shared random cluster centres.
-
-    In the spirit of faiss's ``contrib.datasets.SyntheticDataset``: seeded, structured
-    enough for a coarse quantiser to learn, noisy enough that neighbours are not trivial.
-    """
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
-
-    def draw(m: int) -> np.ndarray:
-        x = centres[rng.integers(0, n_clusters, m)]
-        x = x + noise * rng.standard_normal((m, dim)).astype(np.float32)
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    return draw(n), draw(nq)
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
