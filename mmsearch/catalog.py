@@ -37,7 +37,7 @@ from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .config import IndexSettings
-from .errors import IndexCorruptError, ModelMismatchError
+from .errors import IndexCorruptError, IndexNotFoundError, ModelMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class Catalog:
     def __init__(self, path: str | Path, create: bool = True) -> None:
         self.path = Path(path)
         if not self.path.exists() and not create:
-            raise FileNotFoundError(self.path)
+            raise IndexNotFoundError(self.path.parent)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(f"sqlite:///{self.path}")
         event.listen(self.engine, "connect", _set_sqlite_pragmas)

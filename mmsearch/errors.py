@@ -23,6 +23,11 @@ class DependencyError(MMSearchError):
         super().__init__(f"{package} is not installed: {hint}")
 
 
+class InvalidValueError(MMSearchError, ValueError):
+    """An argument or setting is out of its range (also a ValueError, for callers that
+    catch that)."""
+
+
 class ModelError(MMSearchError):
     """A model name, tag or checkpoint could not be resolved or loaded."""
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
+from .errors import InputError, InvalidValueError
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def load_many(
     """
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     if workers < 1 or prefetch < 1:
-        raise ValueError(f"workers and prefetch must be >= 1, got {workers} and {prefetch}")
+        raise InvalidValueError(f"workers and prefetch must be >= 1, got {workers} and {prefetch}")
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmsearch-load")
     pending: deque[tuple[str, Future[_Result]]] = deque()
     todo = iter(paths)

@@ -12,7 +12,7 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
 from mmsearch.catalog import SCHEMA_VERSION, Catalog, ItemRecord
-from mmsearch.errors import IndexCorruptError
+from mmsearch.errors import IndexCorruptError, IndexNotFoundError
 
 DIM = 16
 
@@ -68,7 +68,7 @@ def test_new_catalog_has_schema_and_version(catalog: Catalog, db_path: Path) -> 
 
 
 def test_create_false_on_missing_file_raises(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(IndexNotFoundError):
         Catalog(tmp_path / "nope.sqlite", create=False)
     assert not (tmp_path / "nope.sqlite").exists()
 

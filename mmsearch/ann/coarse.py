@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from mmsearch.errors import InvalidValueError
+
 from .library import require_faiss
 from .policy import HNSW_QUANTIZER_MIN_NLIST
 
@@ -81,7 +83,7 @@ def two_level_kmeans(x: np.ndarray, nlist: int, seed: int = 1234) -> np.ndarray:
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     if len(x) < nlist:
-        raise ValueError(f"{len(x)} training vectors cannot make {nlist} centroids")
+        raise InvalidValueError(f"{len(x)} training vectors cannot make {nlist} centroids")
     top = max(1, round(math.sqrt(nlist)))
     _, assign = _kmeans(x, top, seed)
     sizes = np.bincount(assign, minlength=top)

@@ -40,6 +40,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from mmsearch.errors import InvalidValueError
+
 #: From this many inverted lists the coarse quantiser is an HNSW graph over the centroids.
 HNSW_QUANTIZER_MIN_NLIST = 8192
 #: Links per node of that graph (faiss' HNSW ``M``; level 0 holds 2·M).
@@ -134,10 +136,10 @@ def choose_spec(
         memory_budget: most bytes the index may hold in RAM, or None.
 
     Raises:
-        ValueError: unknown index type, or a budget too small for any index we build.
+        InvalidValueError: unknown index type, or a budget too small for any index we build.
     """
     if index_type not in INDEX_TYPES:
-        raise ValueError(
+        raise InvalidValueError(
             f"unknown index type {index_type!r}: choose one of {', '.join(INDEX_TYPES)}"
         )
     flat = IndexSpec("flat", "Flat")
@@ -145,7 +147,7 @@ def choose_spec(
     too_few = n < MIN_IVF_VECTORS  # PQ's 256-centroid codebooks cannot be trained on fewer
     if index_type == "flat" or too_few or (index_type == "auto" and n < EXACT_MAX and flat_fits):
         if not flat_fits:
-            raise ValueError(
+            raise InvalidValueError(
                 f"a flat index of {n} vectors needs "
                 f"{_fmt(flat.bytes_per_vector(dim) * n)}, over the budget"
             )
@@ -155,7 +157,7 @@ def choose_spec(
     while memory_budget is not None and _ivf_bytes(n, dim, nlist, m) > memory_budget:
         if m <= MIN_CODE_BYTES:
             need = _ivf_bytes(n, dim, nlist, MIN_CODE_BYTES)
-            raise ValueError(
+            raise InvalidValueError(
                 f"memory budget {_fmt(memory_budget)} is too small for {n} "
                 f"vectors: the smallest index needs {_fmt(need)}"
             )
@@ -186,10 +188,10 @@ def parse_size(text: str) -> int:
     """``"512M"``, ``"2G"``, ``"1.5GiB"``, ``"100000"`` → bytes."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
     if not match:
-        raise ValueError(f"not a size: {text!r} (e.g. 512M, 2G)")
+        raise InvalidValueError(f"not a size: {text!r} (e.g. 512M, 2G)")
     value = float(match.group(1)) * _UNITS[match.group(2).upper()]
     if value <= 0:
-        raise ValueError(f"size must be positive: {text!r}")
+        raise InvalidValueError(f"size must be positive: {text!r}")
     return int(value)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mmsearch.encoder import Encoder
-from mmsearch.errors import InputError
+from mmsearch.errors import InputError, InvalidValueError
 
 from .data import PairData, load_pairs
 from .pairs import PairsFile, read_pairs
@@ -40,7 +40,7 @@ def retrieval_metrics(
     """
     n = len(captions)
     if n == 0:
-        raise ValueError("no pairs to evaluate")
+        raise InvalidValueError("no pairs to evaluate")
     ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
     cid = np.array([ids[c] for c in captions])
     sim = text_emb @ image_emb.T  # (texts, images)
