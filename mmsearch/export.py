@@ -48,8 +48,6 @@ logger = logging.getLogger(__name__)
 MIN_COSINE = fmt.MIN_COSINE
 _OPSET = 18
 _BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
-#: Towers larger than this keep their weights in a side file (protobuf's limit is 2 GiB).
-_EXTERNAL_DATA_BYTES = 1_500_000_000
 #: Token ids open_clip's SimpleTokenizer has with no extra special tokens.
 _CLIP_VOCAB_SIZE = 49408
 
@@ -156,10 +154,12 @@ def export_model(
         _export_tower(model, "image", pixels, tmp / fmt.IMAGE_FILE)
         _write_meta(tmp, meta)
         checks = _verify(encoder, model, tmp, probes)
-        meta["towers"]["text"]["min_cosine"] = checks["text"]
-        meta["towers"]["image"]["min_cosine"] = checks["image"]
+        for tower in ("text", "image"):
+            meta["towers"][tower]["min_cosine"] = checks[tower]
+            meta["towers"][tower]["self_test"] = checks[f"{tower}_self_test"]
         meta["max_pixel_diff"] = checks["pixels"]
         files = _write_meta(tmp, meta)
+        _load(tmp, encoder.spec.identity)  # the finished directory loads, self-tests pass
         _move_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -237,7 +237,6 @@ def _cpu_fp32(encoder: Encoder) -> torch.nn.Module:
 
 def _export_tower(model: torch.nn.Module, tower: str, example: torch.Tensor, path: Path) -> None:
     wrapper = _Tower(model, tower).eval()
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
     batch = torch.export.Dim("batch", min=1, max=65536)
     name = fmt.TEXT_INPUT if tower == "text" else fmt.IMAGE_INPUT
     try:
@@ -253,7 +252,10 @@ def _export_tower(model: torch.nn.Module, tower: str, example: torch.Tensor, pat
                 dynamic_shapes={"x": {0: batch}},
                 opset_version=_OPSET,
                 dynamo=True,
-                external_data=size > _EXTERNAL_DATA_BYTES,
+                # Weights in a side file (``text.onnx.data``): onnxruntime memory-maps it,
+                # which makes a session 3-4x faster to create (ViT-B-32 text tower: 0.2 s
+                # instead of 0.75 s) and lifts protobuf's 2 GiB limit on big towers.
+                external_data=True,
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; the reason is in the message
@@ -301,12 +303,11 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _verify(encoder: Encoder, model: torch.nn.Module, directory: Path, probes: Probes) -> dict:
+def _verify(
+    encoder: Encoder, model: torch.nn.Module, directory: Path, probes: Probes
+) -> dict[str, Any]:
     """Load the runtime from ``directory`` and compare it with torch on the probes."""
-    try:
-        runtime = QueryRuntime.load(directory, expect_identity=encoder.spec.identity)
-    except QueryRuntimeError as exc:
-        raise ExportError(f"the exported runtime does not load: {exc.reason}") from exc
+    runtime = _load(directory, encoder.spec.identity, require_self_test=False)
     texts = list(probes.texts)
     torch_ids = encoder.tokenizer(texts).numpy()
     if not np.array_equal(runtime.tokenizer(texts), torch_ids):
@@ -323,19 +324,35 @@ def _verify(encoder: Encoder, model: torch.nn.Module, directory: Path, probes: P
         text_ref = _Tower(model, "text")(torch.from_numpy(torch_ids)).numpy()
         image_ref = _Tower(model, "image")(torch.cat([torch_pixels, noise])).numpy()
     text_cos = _min_cosine(runtime.encode_texts(texts), text_ref)
-    image_cos = min(
-        _min_cosine(runtime.encode_images(images), image_ref[: len(images)]),
-        _min_cosine(runtime.encode_pixels(noise.numpy()), image_ref[len(images) :]),
+    image_cos = _min_cosine(
+        np.concatenate([runtime.encode_images(images), runtime.encode_pixels(noise.numpy())]),
+        image_ref,
     )
-    if min(text_cos, image_cos) < MIN_COSINE:
+    if not (text_cos >= MIN_COSINE and image_cos >= MIN_COSINE):  # NaN fails too
         raise ExportError(
             f"exported towers differ from torch: least cosine text {text_cos:.6f}, "
             f"image {image_cos:.6f} (need >= {MIN_COSINE})"
         )
-    return {"text": text_cos, "image": image_cos, "pixels": pixel_diff}
+    return {
+        "text": text_cos,
+        "image": image_cos,
+        "pixels": pixel_diff,
+        "text_self_test": runtime.self_test_output("text").tolist(),
+        "image_self_test": runtime.self_test_output("image").tolist(),
+    }
+
+
+def _load(directory: Path, identity: str, require_self_test: bool = True) -> QueryRuntime:
+    try:
+        return QueryRuntime.load(
+            directory, expect_identity=identity, require_self_test=require_self_test
+        )
+    except QueryRuntimeError as exc:
+        raise ExportError(f"the exported runtime does not load: {exc.reason}") from exc
 
 
 def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Least row-wise cosine; NaN when any row has one (numpy's min propagates NaN)."""
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
     return float((a * b).sum(axis=1).min())
 

@@ -193,7 +193,8 @@ def test_export_report_and_metadata(exported: Path) -> None:
     }
     assert meta["image"]["size"] == [64, 64] and meta["image"]["resize_mode"] == "shortest"
     assert sorted(p.name for p in exported.iterdir()) == [
-        "bpe_simple_vocab_16e6.txt.gz", "image.onnx", "runtime.json", "text.onnx",
+        "bpe_simple_vocab_16e6.txt.gz", "image.onnx", "image.onnx.data", "runtime.json",
+        "text.onnx", "text.onnx.data",
     ]  # fmt: skip
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")]  # no temp left
 
@@ -254,9 +255,27 @@ def test_refuses_damaged_files(exported: Path, tmp_path: Path) -> None:
     with pytest.raises(QueryRuntimeError, match="text.onnx has"):
         QueryRuntime.load(truncated)
     missing = _copy(exported, tmp_path / "missing")
-    (missing / "image.onnx").unlink()
-    with pytest.raises(QueryRuntimeError, match="image.onnx is missing"):
+    (missing / "image.onnx.data").unlink()
+    with pytest.raises(QueryRuntimeError, match="image.onnx.data is missing"):
         QueryRuntime.load(missing)
+    weights = _copy(exported, tmp_path / "weights")
+    weights_data = (weights / "text.onnx.data").read_bytes()
+    (weights / "text.onnx.data").write_bytes(weights_data[: len(weights_data) // 2])
+    with pytest.raises(QueryRuntimeError, match="text.onnx.data has"):
+        QueryRuntime.load(weights)
+    # Weights damaged in place (same size): the self-test at load refuses the tower.
+    flipped = _copy(exported, tmp_path / "flipped")
+    weights_array = np.frombuffer(weights_data, dtype=np.float32).copy()
+    weights_array[::7] *= -1.5
+    (flipped / "text.onnx.data").write_bytes(weights_array.tobytes())
+    with pytest.raises(QueryRuntimeError, match="text tower fails its self-test"):
+        QueryRuntime.load(flipped)
+    lacking = _copy(exported, tmp_path / "lacking")
+    meta = json.loads((lacking / "runtime.json").read_text())
+    del meta["towers"]["image"]["self_test"]
+    (lacking / "runtime.json").write_text(json.dumps(meta))
+    with pytest.raises(QueryRuntimeError, match="lacks the image self-test"):
+        QueryRuntime.load(lacking)
     # Same size, garbage content: onnxruntime refuses it, and so do we.
     scrambled = _copy(exported, tmp_path / "scrambled")
     (scrambled / "text.onnx").write_bytes(os.urandom(len(data)))

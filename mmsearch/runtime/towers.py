@@ -73,6 +73,7 @@ class QueryRuntime:
         self.image_size = max(self.transform.size)
         self._ort = ort
         self._sessions: dict[str, Any] = {}
+        self._require_self_test = True
 
     @classmethod
     def load(
@@ -80,6 +81,8 @@ class QueryRuntime:
         model_dir: str | os.PathLike,
         expect_identity: str | None = None,
         towers: Iterable[str] = TOWERS,
+        *,
+        require_self_test: bool = True,
     ) -> QueryRuntime:
         """Open a runtime directory written by ``mmsearch.export.export_model``.
 
@@ -89,6 +92,8 @@ class QueryRuntime:
                 a runtime exported from another model is refused.
             towers: towers whose sessions are created now; the others are created on
                 first use (a text query never pays for the image tower).
+            require_self_test: refuse a tower without a recorded self-test embedding
+                (only the exporter, which records them, turns this off).
 
         Returns:
             The loaded runtime.
@@ -106,6 +111,7 @@ class QueryRuntime:
             )
         _check_files(path, meta)
         runtime = cls(path, meta, ort)
+        runtime._require_self_test = require_self_test
         for tower in towers:
             runtime._session(tower)
         return runtime
@@ -154,7 +160,27 @@ class QueryRuntime:
         if session is None:
             session = self._create_session(tower)
             self._sessions[tower] = session
+            self._self_test(tower)
         return session
+
+    def self_test_output(self, tower: str) -> np.ndarray:
+        """The tower's embedding of its fixed self-test input (see :func:`self_test_input`)."""
+        return self._run(tower, {_INPUTS[tower]: self_test_input(tower, self)})[0]
+
+    def _self_test(self, tower: str) -> None:
+        """Weights damaged in place (same size) would give wrong answers: encode a fixed
+        input and compare with the embedding recorded at export. One small inference."""
+        expected = self.meta["towers"][tower].get("self_test")
+        if expected is None and not self._require_self_test:
+            return
+        if not isinstance(expected, list) or len(expected) != self.dim:
+            raise QueryRuntimeError(self.path, f"runtime.json lacks the {tower} self-test")
+        cosine = float(self.self_test_output(tower) @ np.asarray(expected, np.float32))
+        if not cosine >= fmt.MIN_COSINE:  # written so that NaN fails too
+            self._sessions.pop(tower, None)
+            raise QueryRuntimeError(
+                self.path, f"the {tower} tower fails its self-test (cosine {cosine:.6f})"
+            )
 
     def _create_session(self, tower: str) -> Any:
         if tower not in TOWERS:
@@ -189,6 +215,19 @@ class QueryRuntime:
                 f"{tower} tower takes {inp.name}{inp.shape} → {out.name}{out.shape}, "
                 f"runtime.json says {expected_in} → {[self.dim]}",
             )
+
+
+_INPUTS = {"text": fmt.TEXT_INPUT, "image": fmt.IMAGE_INPUT}
+SELF_TEST_TEXT = "a photo of a dog on a beach"
+
+
+def self_test_input(tower: str, runtime: QueryRuntime) -> np.ndarray:
+    """A fixed input of each tower: a tokenised caption, or a smooth pixel ramp."""
+    if tower == "text":
+        return runtime.tokenizer([SELF_TEST_TEXT])
+    height, width = runtime.transform.size
+    ramp = np.linspace(-2.0, 2.0, 3 * height * width, dtype=np.float32)
+    return ramp.reshape(1, 3, height, width)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
