@@ -2,7 +2,10 @@
 
 A directory holds ``runtime.json`` (this module's :data:`RUNTIME_FILE`), the two towers
 (``text.onnx``: int64 token ids (N, context_length) → unit float32 (N, dim);
-``image.onnx``: float32 (N, 3, H, W) → unit float32 (N, dim)) and the tokenizer's files.
+``image.onnx``: float32 (N, 3, H, W) → unit float32 (N, dim)), their weights
+(``text.onnx.data``, ``image.onnx.data``, memory-mapped by onnxruntime) and the tokenizer's
+files. runtime.json records every file's size and, per tower, the embedding of a fixed
+self-test input, checked when the tower is loaded.
 """
 
 from __future__ import annotations
