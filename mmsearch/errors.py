@@ -83,3 +83,18 @@ class InputError(MMSearchError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class ExportError(MMSearchError):
+    """A model cannot be exported to the query runtime, or the export does not match torch."""
+
+
+class QueryRuntimeError(MMSearchError):
+    """The exported query runtime cannot be used: onnxruntime is missing, or the runtime
+    directory is missing, damaged or made for another model. Callers fall back to the
+    torch encoder."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"query runtime {path} cannot be used: {reason}")

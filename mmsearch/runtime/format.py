@@ -1,0 +1,26 @@
+"""The layout of an exported runtime directory, shared by the exporter and the runtime.
+
+A directory holds ``runtime.json`` (this module's :data:`RUNTIME_FILE`), the two towers
+(``text.onnx``: int64 token ids (N, context_length) → unit float32 (N, dim);
+``image.onnx``: float32 (N, 3, H, W) → unit float32 (N, dim)), their weights
+(``text.onnx.data``, ``image.onnx.data``, memory-mapped by onnxruntime) and the tokenizer's
+files. runtime.json records every file's size and, per tower, the embedding of a fixed
+self-test input, checked when the tower is loaded.
+"""
+
+from __future__ import annotations
+
+#: Bumped when a reader of an older version could misread a newer directory.
+FORMAT_VERSION = 1
+#: Marks the JSON as ours (a foreign ``runtime.json`` is refused).
+FORMAT_NAME = "mmsearch-query-runtime"
+RUNTIME_FILE = "runtime.json"
+TEXT_FILE = "text.onnx"
+IMAGE_FILE = "image.onnx"
+TEXT_INPUT = "token_ids"
+IMAGE_INPUT = "pixel_values"
+OUTPUT = "unit_embedding"
+#: The only tokenizer kind the runtime implements: open_clip's SimpleTokenizer (CLIP BPE).
+TOKENIZER_CLIP_BPE = "clip-bpe"
+#: Least cosine between an exported tower's embedding and torch's on every probe.
+MIN_COSINE = 0.9999
