@@ -319,6 +319,7 @@ def info_cmd(index_dir: Path | None, as_json: bool) -> None:
     click.echo(f"images:   {info.images}")
     click.echo(f"texts:    {info.texts}")
     click.echo(f"catalog:  {info.catalog_bytes / 1e6:.1f} MB, schema v{info.schema_version}")
+    click.echo(f"queries:  {info.query_runtime}")
     for v in info.vectors:
         params = ", ".join(f"{k}={val}" for k, val in sorted(v.params.items()))
         click.echo(
@@ -331,6 +332,33 @@ def info_cmd(index_dir: Path | None, as_json: bool) -> None:
                 f"re-rank x{tuned.rerank_factor}"
                 + (f", tuned recall@10 {tuned.recall}" if tuned.recall is not None else "")
             )
+
+
+@cli.command("export-model")
+@click.option("--force", is_flag=True, help="Export again even if a valid export exists.")
+@index_option
+@json_option
+@handle_errors
+def export_model_cmd(force: bool, index_dir: Path | None, as_json: bool) -> None:
+    """Export the index's model for torch-free queries (ONNX towers, checked against torch).
+
+    `mmsearch index` does this once by itself; use this for an index built before, or
+    with --force after a failed or damaged export.
+    """
+    with _open(index_dir, create=False) as index:
+        report = index.export_runtime(force=force)
+        status = index.query_runtime_status()
+    if as_json:
+        click.echo(
+            json.dumps({"exported": report.to_dict() if report else None, "queries": status})
+        )
+    elif report is None:
+        click.echo(f"already exported: queries use {status}")
+    else:
+        click.echo(
+            f"exported to {report.out_dir} in {report.seconds:.1f}s (min cosine to torch: "
+            f"text {report.text_min_cosine:.6f}, image {report.image_min_cosine:.6f})"
+        )
 
 
 def pairs_options(func: F) -> F:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -18,6 +19,12 @@ TINY_MODEL = "mmsearch-tiny"
 ENV_INDEX = "MMSEARCH_INDEX"
 #: Environment variable naming a device ("cpu", "cuda", "cuda:1") to override auto-detection.
 ENV_DEVICE = "MMSEARCH_DEVICE"
+#: Environment variable naming the cache directory (exported query runtimes live there).
+ENV_CACHE = "MMSEARCH_CACHE"
+#: Environment variable choosing how queries are encoded: ``auto`` (the exported ONNX
+#: runtime when there is one, else torch), ``onnx`` (refuse to fall back) or ``torch``.
+ENV_QUERY_RUNTIME = "MMSEARCH_QUERY_RUNTIME"
+QUERY_RUNTIMES = ("auto", "onnx", "torch")
 
 #: File names inside an index directory.
 CATALOG_FILE = "catalog.sqlite"
@@ -41,6 +48,34 @@ def data_dir(app: str = "mmsearch") -> Path:
         return Path.home() / "Library" / "Application Support" / app
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / app
+
+
+def cache_dir() -> Path:
+    """Per-user cache: ``$MMSEARCH_CACHE``, else ``$XDG_CACHE_HOME/mmsearch`` or
+    ``~/.cache/mmsearch`` (``~/Library/Caches/mmsearch`` on macOS, ``%LOCALAPPDATA%`` on
+    Windows)."""
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "win32":
+        return data_dir() / "cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "mmsearch"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mmsearch"
+
+
+def runtime_dir(identity: str) -> Path:
+    """Where the exported query runtime (ONNX towers) of a model lives: one directory per
+    model identity (architecture + weights), shared by every index that uses the model."""
+    digest = hashlib.blake2b(identity.encode("utf-8"), digest_size=10).hexdigest()
+    return cache_dir() / "runtimes" / digest
+
+
+def query_runtime_choice() -> str:
+    """``auto``, ``onnx`` or ``torch``, from ``$MMSEARCH_QUERY_RUNTIME`` (default auto)."""
+    choice = os.environ.get(ENV_QUERY_RUNTIME, "auto").strip().lower() or "auto"
+    return choice if choice in QUERY_RUNTIMES else "auto"
 
 
 def default_index_dir() -> Path:

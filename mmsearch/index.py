@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -27,7 +27,14 @@ from .ann.faiss_index import VectorIndex
 from .ann.policy import choose_spec
 from .ann.upkeep import Upkeep
 from .catalog import Catalog, from_blobs
-from .errors import IndexNotFoundError, InputError, MMSearchError, ModelMismatchError, QueryError
+from .errors import (
+    IndexNotFoundError,
+    InputError,
+    MMSearchError,
+    ModelMismatchError,
+    QueryError,
+    QueryRuntimeError,
+)
 from .media import content_hash, draft_size, load_image
 from .models import ModelSpec, model_record, resolve_model, spec_from_record
 from .results import (
@@ -39,12 +46,25 @@ from .results import (
     Skipped,
     VectorInfo,
 )
+from .runtime import QueryRuntime
 from .search import search_vector
 
 if TYPE_CHECKING:  # the encoder (torch) is imported only when a model must run
     from .encoder import Encoder
+    from .export import ExportReport
 
 logger = logging.getLogger(__name__)
+
+
+class QueryEncoder(Protocol):
+    """What encodes a query: :class:`~mmsearch.runtime.QueryRuntime` or the torch
+    :class:`~mmsearch.encoder.Encoder`."""
+
+    image_size: int
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
 
 #: Accepted ``target`` values.
 TARGETS = config.MODALITIES
@@ -73,6 +93,7 @@ class Index:
         self._vectors: dict[str, VectorIndex] = {}
         self._keeper: Upkeep | None = None
         self._model_info = catalog.model_info()  # read once; refreshed when it changes
+        self._query_encoder: QueryEncoder | None = None
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -109,6 +130,7 @@ class Index:
         self.catalog.close()
         self._vectors.clear()
         self._encoder = None
+        self._query_encoder = None
 
     def __enter__(self) -> Index:
         return self
@@ -178,6 +200,7 @@ class Index:
         )
         self._reload_model_info()
         self.refresh("image")
+        self._export_after_run()
         return summary
 
     def add_texts(
@@ -213,6 +236,7 @@ class Index:
         summary = index_texts(self.catalog, records, self.encoder, progress=progress)
         self._reload_model_info()
         self.refresh("text")
+        self._export_after_run()
         return summary
 
     def reembed(
@@ -241,6 +265,8 @@ class Index:
         self._vectors.clear()
         for modality in TARGETS:
             self.refresh(modality)
+        self._query_encoder = None  # the model changed
+        self._export_after_run()
         return summary
 
     def update(
@@ -412,9 +438,9 @@ class Index:
             text = query.strip()
             if not text:
                 raise QueryError("empty query: give a text or an image")
-            return self.encoder().encode_texts([text])[0], None
+            return self._encode_query("text", [text])[0], None
         if isinstance(query, Image.Image):
-            return self.encoder().encode_images([query])[0], None
+            return self._encode_query("image", [query])[0], None
         if isinstance(query, os.PathLike):
             return self._image_file_vector(Path(query))
         raise QueryError(
@@ -438,12 +464,100 @@ class Index:
         stored = self.catalog.embeddings_by_hash("image", [digest]).get(digest)
         if stored is not None:  # this content is indexed: the embedding is known
             return from_blobs([stored], self.dim)[0], self_id
-        encoder = self.encoder()
+        size = self.query_encoder().image_size
         try:
-            loaded = load_image(str(path), draft_size=draft_size(encoder.image_size))
+            loaded = load_image(str(path), draft_size=draft_size(size))
         except InputError as exc:
             raise QueryError(f"cannot read query image {path}: {exc.reason}") from exc
-        return encoder.encode_images([loaded.image])[0], self_id
+        return self._encode_query("image", [loaded.image])[0], self_id
+
+    # -- query encoding -----------------------------------------------------------------
+
+    def query_encoder(self) -> QueryEncoder:
+        """What encodes queries: the model's exported ONNX towers (no torch: a cold query
+        costs a fraction of a second) when they are there and pass their checks, else the
+        torch encoder. ``$MMSEARCH_QUERY_RUNTIME`` = ``torch`` or ``onnx`` forces one."""
+        if self._query_encoder is None:
+            self._query_encoder = self._load_query_encoder()
+        return self._query_encoder
+
+    def _load_query_encoder(self) -> QueryEncoder:
+        choice = config.query_runtime_choice()
+        if choice == "torch" or (self._encoder is not None and choice == "auto"):
+            return self.encoder()  # asked for, or loaded already by this process
+        spec = self._spec()
+        try:  # towers open on first use: a text query never loads the image tower
+            return QueryRuntime.load(
+                config.runtime_dir(spec.identity), expect_identity=spec.identity, towers=()
+            )
+        except QueryRuntimeError as exc:
+            if choice == "onnx":
+                raise
+            logger.info("queries are encoded with torch: %s", exc.reason)
+            return self.encoder()
+
+    def _encode_query(self, kind: str, items: list[Any]) -> np.ndarray:
+        encoder = self.query_encoder()
+        try:
+            if kind == "text":
+                return encoder.encode_texts(items)
+            return encoder.encode_images(items)
+        except QueryRuntimeError as exc:  # a tower refused when it was opened
+            if config.query_runtime_choice() == "onnx":
+                raise
+            logger.warning("query runtime refused (%s); encoding with torch", exc.reason)
+            self._query_encoder = self.encoder()
+            return self._encode_query(kind, items)
+
+    def query_runtime_status(self) -> str:
+        """How queries are encoded, for ``mmsearch info``: the ONNX runtime's directory,
+        or torch and why."""
+        info = self.model_info
+        if info is None:
+            return "none yet (no model)"
+        if config.query_runtime_choice() == "torch":
+            return f"torch (${config.ENV_QUERY_RUNTIME}=torch)"
+        directory = config.runtime_dir(info["identity"])
+        try:
+            QueryRuntime.load(directory, expect_identity=info["identity"], towers=())
+        except QueryRuntimeError as exc:
+            return f"torch ({exc.reason}; `mmsearch export-model` exports it)"
+        return f"onnx ({directory})"
+
+    def export_runtime(self, force: bool = False) -> ExportReport | None:
+        """Export the model's text and image towers to ONNX for torch-free queries, checked
+        against torch on probe inputs first (see :mod:`mmsearch.export`). Does nothing when
+        a valid export exists, unless ``force``. Returns the report of a new export.
+
+        Raises:
+            ExportError: the model cannot be exported, or the export fails its checks.
+        """
+        from .export import export_model  # torch: needed only to export
+
+        spec = self._spec()
+        target = config.runtime_dir(spec.identity)
+        if not force:
+            try:
+                QueryRuntime.load(target, expect_identity=spec.identity, towers=())
+                return None
+            except QueryRuntimeError:
+                pass
+        report = export_model(self.encoder(), target)
+        self._query_encoder = None
+        return report
+
+    def _export_after_run(self) -> None:
+        """A run that loaded the model exports its query towers once (a later run or query
+        with a valid export does nothing); a model that cannot be exported keeps torch."""
+        if self._encoder is None or config.query_runtime_choice() == "torch":
+            return
+        try:
+            report = self.export_runtime()
+        except MMSearchError as exc:
+            logger.warning("queries will be encoded with torch: %s", exc)
+            return
+        if report is not None:
+            logger.info("exported the query runtime to %s", report.out_dir)
 
     # -- info ---------------------------------------------------------------------------
 
@@ -484,4 +598,5 @@ class Index:
             schema_version=self.catalog.schema_version,
             vectors=vectors,
             catalog_bytes=size,
+            query_runtime=self.query_runtime_status(),
         )

@@ -155,6 +155,7 @@ class IndexInfo:
     schema_version: int
     vectors: list[VectorInfo]
     catalog_bytes: int
+    query_runtime: str = ""  # how queries are encoded: onnx (its directory) or torch (why)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,6 +6,11 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 os.environ.setdefault("MMSEARCH_DEVICE", "cpu")
+# Exported query runtimes go to a cache shared by the session's tests (never ~/.cache):
+# each model is exported once per test session.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("MMSEARCH_CACHE", tempfile.mkdtemp(prefix="mmsearch-test-cache-"))
 
 import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
