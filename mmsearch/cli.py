@@ -26,6 +26,7 @@ from .errors import (
     ModelMismatchError,
     QueryError,
 )
+from .server.command import serve_cmd
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -591,6 +592,9 @@ def eval_cmd(
         click.echo(f"{int(metrics['n'])} pairs")
     for path, reason in parsed.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
+
+
+cli.add_command(serve_cmd)
 
 
 def main() -> None:
