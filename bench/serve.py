@@ -5,9 +5,9 @@ server on a large index of synthetic vectors (tiny model).
     python bench/serve.py --n 100000 --json bench/results/serve.json
 
 The index: a few real shape images (the upload queries, and the model record), then ``n``
-synthetic unit vectors of the tiny model's dimension inserted directly into the catalog as
-image items (their files do not exist; only search is measured). Every request must answer
-200: any error fails the run.
+synthetic clustered unit vectors (``bench/ann.py``'s generator) of the tiny model's
+dimension inserted directly into the catalog as image items (their files do not exist;
+only search is measured). Every request must answer 200: any error fails the run.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx  # noqa: E402
+from ann import Synthetic  # noqa: E402
 from serve_util import free_port, make_shapes_module  # noqa: E402
 
 import mmsearch  # noqa: E402
@@ -49,10 +51,12 @@ def build(root: Path, n: int) -> tuple[Path, list[bytes]]:
         index.add_images([shapes / "images"])
         dim = index.dim
         rng = np.random.default_rng(0)
+        # Clustered CLIP-like vectors (bench/ann.py), not isotropic noise: with no cluster
+        # structure an IVF index must visit nearly every list, which real embeddings never need.
+        synthetic = Synthetic(dim=dim)
         for start in range(0, n, 20_000):
             m = min(20_000, n - start)
-            vecs = rng.standard_normal((m, dim)).astype(np.float32)
-            vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+            vecs = synthetic.images(rng, m)
             rows = [
                 {
                     "modality": "image",
