@@ -17,17 +17,10 @@ import click
 
 from . import config
 from .errors import MMSearchError
-from .status import ExitStatus, exit_status_for
+from .server.command import serve_cmd
+from .status import ExitStatus, MMSearchException
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class MMSearchException(click.ClickException):
-    """A library error shown as one line, with its own exit code."""
-
-    def __init__(self, exc: MMSearchError) -> None:
-        super().__init__(str(exc))
-        self.exit_code = int(exit_status_for(exc))
 
 
 class Interrupted(click.ClickException):
@@ -572,6 +565,9 @@ def eval_cmd(
         click.echo(f"{int(metrics['n'])} pairs")
     for path, reason in parsed.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
+
+
+cli.add_command(serve_cmd)
 
 
 def main() -> None:

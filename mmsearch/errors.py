@@ -98,3 +98,15 @@ class QueryRuntimeError(MMSearchError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"query runtime {path} cannot be used: {reason}")
+
+
+class ItemNotFoundError(MMSearchError):
+    """No item with the given id is in the catalog (never was, or was removed)."""
+
+    def __init__(self, item_id: int) -> None:
+        self.item_id = item_id
+        super().__init__(f"no item with id {item_id} in the index")
+
+
+class ImageTooLargeError(QueryError):
+    """A query image exceeds the size or pixel limits (or trips Pillow's bomb guard)."""

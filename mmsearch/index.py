@@ -26,10 +26,11 @@ from . import config
 from .ann.faiss_index import VectorIndex
 from .ann.policy import choose_spec
 from .ann.upkeep import Upkeep
-from .catalog import Catalog, from_blobs
+from .catalog import Catalog, ItemRecord, from_blobs
 from .errors import (
     IndexNotFoundError,
     InputError,
+    ItemNotFoundError,
     MMSearchError,
     ModelMismatchError,
     QueryError,
@@ -431,6 +432,53 @@ class Index:
             exclude=exclude,
             nprobe=nprobe,
             query_modality="text" if isinstance(query, str) else "image",
+        )
+
+    def item(self, item_id: int) -> ItemRecord:
+        """The catalog record of one item.
+
+        Raises:
+            ItemNotFoundError: no item has that id (never had, or it was removed).
+        """
+        record = self.catalog.records([item_id]).get(item_id)
+        if record is None:
+            raise ItemNotFoundError(item_id)
+        return record
+
+    def search_item(
+        self, item_id: int, k: int = 10, target: str | None = None, nprobe: int | None = None
+    ) -> list[Hit]:
+        """Items like an indexed item ("more like this"), the item itself left out. Its
+        stored embedding is the query: no model is loaded.
+
+        Raises:
+            ItemNotFoundError: no item has that id.
+        """
+        target = target or "image"
+        if target not in TARGETS:
+            raise QueryError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
+        if k < 1:
+            raise QueryError("k must be at least 1")
+        self._check_reembed_done()
+        record = self.item(item_id)
+        if self.model_info is None:
+            return []
+        found, vectors = self.catalog.embeddings([item_id], self.dim)
+        if not found:  # removed since it was looked up
+            raise ItemNotFoundError(item_id)
+        vector = vectors[0] / max(float(np.linalg.norm(vectors[0])), 1e-12)  # fp16 → unit
+        keeper = self._upkeep()
+        if keeper is None:
+            return []
+        return search_vector(
+            self.catalog,
+            self.vectors(target),
+            vector.astype(np.float32),
+            k,
+            keeper.store.get,
+            exclude={item_id},
+            nprobe=nprobe,
+            query_modality=record.modality,
         )
 
     def _query_vector(self, query: Any) -> tuple[np.ndarray, int | None]:

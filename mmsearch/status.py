@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+import click
+
 from .errors import (
     DependencyError,
     IndexNotFoundError,
@@ -41,3 +43,11 @@ _BY_ERROR: tuple[tuple[type[MMSearchError], ExitStatus], ...] = (
 def exit_status_for(exc: MMSearchError) -> ExitStatus:
     """The exit status that reports ``exc``."""
     return next((status for kind, status in _BY_ERROR if isinstance(exc, kind)), ExitStatus.ERROR)
+
+
+class MMSearchException(click.ClickException):
+    """A library error shown by a command as one line, with its own exit code."""
+
+    def __init__(self, exc: MMSearchError) -> None:
+        super().__init__(str(exc))
+        self.exit_code = int(exit_status_for(exc))

@@ -1,0 +1,267 @@
+"""The FastAPI application: the JSON API under ``/api`` and the web page under ``/``.
+
+Files are only ever addressed by catalogue id: the id is an integer path parameter, the
+path of the file comes from the catalog, and no request value is ever joined to a path.
+Endpoints are plain ``def`` functions: FastAPI runs them in its thread pool, so encoding
+and search (CPU-bound, serialised in the backend) never block the event loop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import mimetypes
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..errors import ImageTooLargeError, ItemNotFoundError, MMSearchError, QueryError
+from ..results import Hit
+from .backend import MAX_DEPTH, Backend, Page
+from .images import MAX_UPLOAD_BYTES, decode_upload, thumb_size, thumbnail
+from .security import Policy, SecurityMiddleware
+
+STATIC = Path(__file__).parent / "static"
+Target = Literal["image", "text"]
+ItemId = Annotated[int, PathParam(ge=1, le=2**62, description="Catalogue id of the item.")]
+K = Annotated[int, Query(ge=1, le=200, description="Hits per page.")]
+Offset = Annotated[int, Query(ge=0, lt=MAX_DEPTH, description="Hits to skip (paging).")]
+
+
+class HitOut(BaseModel):
+    id: int
+    score: float
+    modality: str
+    path: str | None = None
+    text: str | None = None
+    source: str | None = None
+    width: int | None = None
+    height: int | None = None
+    thumbnail: str | None = None
+    file: str | None = None
+
+
+class SearchOut(BaseModel):
+    target: str
+    k: int
+    offset: int
+    next_offset: int | None
+    hits: list[HitOut]
+
+
+class ItemOut(BaseModel):
+    id: int
+    modality: str
+    path: str | None = None
+    name: str | None = None
+    text: str | None = None
+    source: str | None = None
+    size: int | None = None
+    modified: str | None = None
+    width: int | None = None
+    height: int | None = None
+    thumbnail: str | None = None
+    file: str | None = None
+
+
+class ErrorOut(BaseModel):
+    error: str
+    status: int
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (400, 401, 404, 413, 421, 422)
+}
+
+
+def create_app(backend: Backend, policy: Policy | None = None) -> FastAPI:
+    """The application serving ``backend``, behind the security middleware.
+
+    Args:
+        backend: the open index.
+        policy: what the middleware enforces; default loopback names only, no token.
+    """
+    app = FastAPI(
+        title="mmsearch",
+        version=__version__,
+        description="Search photos and texts by meaning. Files are addressed by item id only.",
+        docs_url=None,  # Swagger UI needs inline scripts and a CDN: neither is allowed here
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        responses=ERRORS,
+    )
+    app.state.backend = backend
+    _add_error_handlers(app)
+    _add_api(app, backend)
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="static")
+    policy = policy or Policy(hosts=frozenset({"localhost", "127.0.0.1", "::1"}))
+    app.add_middleware(SecurityMiddleware, policy=policy)  # type: ignore[arg-type]
+    return app
+
+
+def _add_api(app: FastAPI, backend: Backend) -> None:
+    @app.get("/api/health", tags=["meta"])
+    def health() -> dict[str, str]:
+        """Liveness: answers without a token."""
+        return {"status": "ok"}
+
+    @app.get("/api/info", tags=["meta"])
+    def info() -> dict[str, Any]:
+        """What the index holds: model, counts, vector indexes."""
+        return {**backend.info().to_dict(), "version": __version__}
+
+    @app.get("/api/search", response_model=SearchOut, tags=["search"])
+    def search_text(
+        q: Annotated[str, Query(min_length=1, max_length=1000, description="Query text.")],
+        target: Target = "image",
+        k: K = 20,
+        offset: Offset = 0,
+    ) -> dict[str, Any]:
+        """Images (or texts) matching a text."""
+        return _out(backend.search_text(q, target, k, offset), target, k, offset)
+
+    @app.post("/api/search/image", response_model=SearchOut, tags=["search"])
+    def search_image(
+        file: Annotated[UploadFile, File(description="The query image.")],
+        target: Annotated[Target, Form()] = "image",
+        k: Annotated[int, Form(ge=1, le=200)] = 20,
+        offset: Annotated[int, Form(ge=0, lt=MAX_DEPTH)] = 0,
+    ) -> dict[str, Any]:
+        """Images (or texts) matching an uploaded image (multipart, field ``file``)."""
+        data = file.file.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise ImageTooLargeError(f"upload over {MAX_UPLOAD_BYTES:,} bytes")
+        image = decode_upload(data)
+        return _out(backend.search_image(image, target, k, offset), target, k, offset)
+
+    @app.get("/api/items/{item_id}/similar", response_model=SearchOut, tags=["search"])
+    def similar(item_id: ItemId, target: Target = "image", k: K = 20, offset: Offset = 0) -> Any:
+        """More like an indexed item (the item itself left out)."""
+        return _out(backend.search_item(item_id, target, k, offset), target, k, offset)
+
+    @app.get("/api/items/{item_id}", response_model=ItemOut, tags=["items"])
+    def item(item_id: ItemId) -> dict[str, Any]:
+        """Metadata of one item."""
+        rec = backend.item(item_id)
+        modified = None
+        if rec.mtime_ns:
+            stamp = dt.datetime.fromtimestamp(rec.mtime_ns / 1e9, tz=dt.UTC)
+            modified = stamp.isoformat(timespec="seconds")
+        return {
+            "id": rec.id,
+            "modality": rec.modality,
+            "path": rec.path,
+            "name": Path(rec.path).name if rec.path else None,
+            "text": rec.text,
+            "source": rec.source,
+            "size": rec.size,
+            "modified": modified,
+            "width": rec.width,
+            "height": rec.height,
+            **_urls(rec.id, rec.modality),
+        }
+
+    @app.get(
+        "/api/items/{item_id}/thumbnail",
+        response_class=FileResponse,
+        tags=["items"],
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
+    def thumb(
+        item_id: ItemId,
+        size: Annotated[int, Query(ge=16, le=4096, description="Longest side wanted.")] = 256,
+    ) -> FileResponse:
+        """A JPEG thumbnail, upright (EXIF orientation applied), longest side rounded up to
+        one of 128, 256, 512, 1024 pixels; cached in the index directory."""
+        rec = _image(backend, item_id)
+        try:
+            path = thumbnail(
+                backend.path, rec.id, rec.content_hash, rec.path or "", thumb_size(size)
+            )
+        except FileNotFoundError as exc:
+            raise HTTPException(404, f"the file of item {item_id} is gone") from exc
+        return FileResponse(
+            path, media_type="image/jpeg", headers={"cache-control": "private, max-age=86400"}
+        )
+
+    @app.get("/api/items/{item_id}/file", response_class=FileResponse, tags=["items"])
+    def original(item_id: ItemId) -> FileResponse:
+        """The original file of an indexed image."""
+        rec = _image(backend, item_id)
+        path = Path(rec.path or "")
+        if not path.is_file():
+            raise HTTPException(404, f"the file of item {item_id} is gone")
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if not media.startswith("image/") or media == "image/svg+xml":
+            media = "application/octet-stream"  # never let a file run as a page
+        return FileResponse(
+            path, media_type=media, filename=path.name, content_disposition_type="inline"
+        )
+
+
+def _image(backend: Backend, item_id: int) -> Any:
+    rec = backend.item(item_id)
+    if rec.modality != "image" or not rec.path:
+        raise HTTPException(404, f"item {item_id} is a text: it has no file")
+    return rec
+
+
+def _urls(item_id: int, modality: str) -> dict[str, str | None]:
+    if modality != "image":
+        return {"thumbnail": None, "file": None}
+    return {
+        "thumbnail": f"/api/items/{item_id}/thumbnail",
+        "file": f"/api/items/{item_id}/file",
+    }
+
+
+def _hit(hit: Hit) -> dict[str, Any]:
+    return {**hit.to_dict(), "score": round(hit.score, 4), **_urls(hit.id, hit.modality)}
+
+
+def _out(page: Page, target: str, k: int, offset: int) -> dict[str, Any]:
+    return {
+        "target": target,
+        "k": k,
+        "offset": offset,
+        "next_offset": page.next_offset,
+        "hits": [_hit(h) for h in page.hits],
+    }
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"nothing at {request.url.path}"
+        return _error(exc.status_code, detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "path"))
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return _error(422, "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(MMSearchError)
+    async def library_error(request: Request, exc: MMSearchError) -> JSONResponse:
+        if isinstance(exc, ItemNotFoundError):
+            return _error(404, str(exc))
+        if isinstance(exc, ImageTooLargeError):
+            return _error(413, str(exc))
+        if isinstance(exc, QueryError):
+            return _error(400, str(exc))
+        return _error(500, str(exc))

@@ -1,0 +1,144 @@
+"""The server's one door into the index: searches and item look-ups, safe to call from the
+thread pool that runs FastAPI's sync endpoints.
+
+Everything the server needs from :class:`mmsearch.Index` goes through :class:`Backend`,
+which uses only the facade's public methods (``search``, ``search_item``, ``item``,
+``info``, ``query_encoder``, ``vectors``).
+
+Thread safety: the ``Index`` holds the model, the in-memory FAISS indexes and the
+embedding store, and refreshes them when another process adds items; none of that is
+meant for concurrent use, so searches are serialised by one lock. Encoding and search are
+CPU-bound and use every core already (torch and faiss thread internally), so parallel
+searches would not finish sooner on a small machine — ``bench/serve.py`` measures it.
+Catalog reads (metadata, thumbnails, files) need no lock: each opens its own session on
+SQLAlchemy's thread-safe engine, and SQLite's WAL lets them read while an indexer writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from ..catalog import ItemRecord
+from ..errors import QueryError
+from ..index import TARGETS, Index
+from ..results import Hit, IndexInfo
+
+logger = logging.getLogger(__name__)
+
+#: Largest ``offset + k`` a search may ask for: deep pages cost as much as one big page.
+MAX_DEPTH = 1000
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of hits and where the next starts (None when there is no more)."""
+
+    hits: list[Hit]
+    next_offset: int | None
+
+
+class Backend:
+    """Thread-safe searches over one open index.
+
+    Args:
+        index: an open index (the backend closes it in :meth:`close`).
+    """
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None, device: str | None = None) -> Backend:
+        """Open an existing index and load its model and vector indexes now, so the first
+        request does not pay for them.
+
+        Raises:
+            IndexNotFoundError: no index at ``path``.
+        """
+        backend = cls(Index.open(path, device=device, create=False))
+        backend.warm_up()
+        return backend
+
+    @property
+    def path(self) -> Path:
+        return self.index.path
+
+    def warm_up(self) -> None:
+        """Load the model and each modality's vector index (nothing while empty)."""
+        with self._lock:
+            if self.index.model_info is None:
+                return
+            # The query encoder (ONNX when exported, else torch), its text tower opened now
+            # rather than on the first request.
+            self.index.query_encoder().encode_texts(["warm up"])
+            for modality in TARGETS:
+                self.index.vectors(modality)
+
+    def close(self) -> None:
+        with self._lock:
+            self.index.close()
+
+    # -- searches -----------------------------------------------------------------------
+
+    def search_text(self, text: str, target: str, k: int, offset: int) -> Page:
+        """Items matching a text query."""
+        if not text.strip():
+            raise QueryError("empty query: give a text or an image")
+        depth = _depth(k, offset)
+        with self._lock:
+            hits = self.index.search(text, k=depth, target=target)
+        return _page(hits, k, offset, depth)
+
+    def search_image(self, image: Image.Image, target: str, k: int, offset: int) -> Page:
+        """Items matching a query image (already decoded, RGB)."""
+        depth = _depth(k, offset)
+        with self._lock:
+            hits = self.index.search(image, k=depth, target=target)
+        return _page(hits, k, offset, depth)
+
+    def search_item(self, item_id: int, target: str, k: int, offset: int) -> Page:
+        """Items like an indexed item ("more like this"), the item itself left out.
+
+        Raises:
+            ItemNotFoundError: no item ``item_id``.
+        """
+        depth = _depth(k, offset)
+        with self._lock:
+            hits = self.index.search_item(item_id, k=depth, target=target)
+        return _page(hits, k, offset, depth)
+
+    # -- look-ups -----------------------------------------------------------------------
+
+    def item(self, item_id: int) -> ItemRecord:
+        """The catalog record of ``item_id``.
+
+        Raises:
+            ItemNotFoundError: no such item.
+        """
+        return self.index.item(item_id)
+
+    def info(self) -> IndexInfo:
+        """What the index holds (refreshes stale vector indexes, hence the lock)."""
+        with self._lock:
+            return self.index.info()
+
+
+def _depth(k: int, offset: int) -> int:
+    if k < 1 or offset < 0:
+        raise QueryError("k must be at least 1 and offset at least 0")
+    if k + offset > MAX_DEPTH:
+        raise QueryError(f"offset + k may be at most {MAX_DEPTH}")
+    return k + offset
+
+
+def _page(hits: list[Hit], k: int, offset: int, depth: int) -> Page:
+    """Hits ``offset`` to ``offset + k`` of a search for ``depth`` hits."""
+    more = len(hits) >= depth and depth < MAX_DEPTH
+    return Page(hits[offset : offset + k], offset + k if more else None)

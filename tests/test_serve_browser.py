@@ -1,0 +1,178 @@
+"""The web page in real headless Chromium (Debian's ``chromium``, driven by Playwright)
+against a real uvicorn server on an index of coloured shapes.
+
+Screenshots are saved in the test's tmp dir; set ``MMSEARCH_SCREENSHOT=docs/screenshot.png``
+to also write the README's copy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
+pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+)
+pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+from serve_util import live_server, shapes_index  # noqa: E402
+
+from mmsearch.server.app import create_app  # noqa: E402
+from mmsearch.server.backend import Backend  # noqa: E402
+
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("browser")
+    backend = Backend.open(shapes_index(root, n=60, size=192), device="cpu")
+    with live_server(create_app(backend)) as url:
+        yield url, root
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    # Failed requests are logged as console errors too; the tests check those themselves.
+    pg.on(
+        "console",
+        lambda m: (
+            errors.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
+    yield pg
+    ctx.close()
+    assert errors == []  # no script errors, no CSP violations
+
+
+def _until(page: Page, expression: str, timeout: float = 20.0) -> None:
+    """Poll a JS expression (page.evaluate goes through the debugger protocol, which the
+    page's CSP allows; wait_for_function would need 'unsafe-eval')."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        time.sleep(0.1)
+
+
+def _shot(page: Page, tmp_path: Path, name: str) -> Path:
+    out = tmp_path / f"{name}.png"
+    page.screenshot(path=str(out))
+    return out
+
+
+def test_empty_state_then_text_query(page: Page, server, tmp_path: Path) -> None:
+    url, _ = server
+    page.goto(url + "/")
+    expect(page.locator("#empty h1")).to_be_visible()
+    expect(page.locator("#counts")).to_contain_text("60 images")
+    page.keyboard.press("/")
+    page.keyboard.type("a red circle")
+    page.keyboard.press("Enter")
+    expect(page.locator("#grid .card").first).to_be_visible()
+    expect(page).to_have_url(url + "/?q=a+red+circle")
+    expect(page.locator("#grid .card").nth(29)).to_be_attached()  # a first page of 30
+    _until(
+        page,
+        "[...document.querySelectorAll('#grid img')].slice(0, 12)"
+        ".every(i => i.complete && i.naturalWidth > 0)",
+    )
+    shot = _shot(page, tmp_path, "grid")
+    if os.environ.get("MMSEARCH_SCREENSHOT"):
+        shutil.copy(shot, os.environ["MMSEARCH_SCREENSHOT"])
+    # More on scroll: 60 images, pages of 30.
+    page.mouse.wheel(0, 5000)
+    expect(page.locator("#grid .card")).to_have_count(60)
+    # Back button returns to the empty state.
+    page.go_back()
+    expect(page.locator("#empty")).to_be_visible()
+    expect(page.locator("#grid .card")).to_have_count(0)
+
+
+def test_viewer_more_like_this_and_texts(page: Page, server, tmp_path: Path) -> None:
+    url, _ = server
+    page.goto(url + "/?q=blue+squares")
+    first = page.locator("#grid .card").first
+    expect(first).to_be_visible()
+    first.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#viewer")).to_be_visible()
+    expect(page.locator("#v-path")).to_contain_text("/shapes/images/")
+    expect(page.locator("#v-size")).to_contain_text("192 × 192 px")
+    expect(page.locator("#v-date")).not_to_be_empty()
+    href = page.locator("#v-open").get_attribute("href")
+    assert href and href.startswith("/api/items/") and href.endswith("/file")
+    _shot(page, tmp_path, "viewer")
+    page.keyboard.press("ArrowRight")
+    page.locator("#v-like").click()
+    expect(page).to_have_url(re.compile(r"\?like=\d+$"))
+    expect(page.locator("#grid .card").first).to_be_visible()
+    expect(page.locator("#query-chip")).to_contain_text("More like item")
+    # Switch to texts: captions come back, and the URL says so.
+    page.locator("#t-text").click()
+    expect(page.locator("#grid .card.text").first).to_be_visible()
+    assert "target=text" in page.url
+    _shot(page, tmp_path, "texts")
+    page.go_back()
+    expect(page.locator("#t-image")).to_have_attribute("aria-pressed", "true")
+
+
+def test_upload_image_query(page: Page, server) -> None:
+    url, root = server
+    page.goto(url + "/")
+    query = sorted((root / "shapes" / "images").glob("*.png"))[5]
+    page.locator("#file").set_input_files(str(query))
+    expect(page.locator("#grid .card").first).to_be_visible()
+    expect(page.locator("#query-chip")).to_contain_text("Results for your image")
+    assert page.locator("#grid .card .name").first.inner_text() == query.name  # itself, first
+
+
+def test_errors_are_visible(page: Page, server) -> None:
+    url, _ = server
+    page.goto(url + "/?like=999999")
+    expect(page.locator("#error")).to_contain_text("no item with id 999999")
+
+
+def test_dark_theme(browser, server, tmp_path: Path) -> None:
+    url, _ = server
+    ctx = browser.new_context(color_scheme="dark", viewport={"width": 1000, "height": 700})
+    pg = ctx.new_page()
+    pg.goto(url + "/?q=a+green+triangle")
+    expect(pg.locator("#grid .card").first).to_be_visible()
+    bg = pg.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert bg == "rgb(17, 17, 22)"
+    _shot(pg, tmp_path, "dark")
+    ctx.close()
