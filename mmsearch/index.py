@@ -273,16 +273,12 @@ class Index:
         return total
 
     def _check_reembed_done(self) -> None:
+        """Refuse to use a catalog whose re-embedding was interrupted: its rows come from
+        two models, whichever model is named, so only finishing the re-embed may run."""
         if self.catalog.get_meta("reembed_pending"):
-            if (
-                self._requested is not None
-                and self.model_info
-                and self._requested.identity == self.model_info["identity"]
-            ):
-                return
             raise MMSearchError(
-                "a re-embedding of this index was interrupted; run it again "
-                "(`mmsearch index --reembed --model ...`) before using the index"
+                "a re-embedding of this index was interrupted, so its items come from two "
+                "models; finish it (`mmsearch index --reembed --model ...`) before using it"
             )
 
     # -- vectors ------------------------------------------------------------------------
@@ -298,6 +294,7 @@ class Index:
 
     def vectors(self, modality: str) -> VectorIndex:
         """The up-to-date ANN index of ``modality`` (repaired from the catalog if stale)."""
+        self._check_reembed_done()
         vi = self._vectors.get(modality)
         if vi is None or vi.manifest.generation != self.catalog.generation(modality):
             vi = self.refresh(modality)
@@ -328,6 +325,7 @@ class Index:
         """
         from dataclasses import replace
 
+        self._check_reembed_done()
         current = self.catalog.settings()
         new = replace(
             current,
@@ -449,6 +447,7 @@ class Index:
 
     def info(self) -> IndexInfo:
         """What the index holds."""
+        self._check_reembed_done()
         model = self.model_info
         vectors = []
         for modality in TARGETS:
