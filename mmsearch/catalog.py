@@ -354,13 +354,17 @@ class Catalog:
             item = s.scalar(select(Item).where(Item.path == path))
             return _record(item) if item else None
 
-    def embeddings(self, ids: Sequence[int], dim: int) -> tuple[list[int], np.ndarray]:
-        """Stored embeddings of ``ids`` as float32 rows, in the order given; ids no longer
-        in the catalog are left out. Returns (ids found, matrix)."""
+    def embeddings(
+        self, ids: Sequence[int], dim: int, modality: str | None = None
+    ) -> tuple[list[int], np.ndarray]:
+        """Stored embeddings of ``ids`` (of ``modality``, if given) as float32 rows, in the
+        order given; ids not in the catalog are left out. Returns (ids found, matrix)."""
         found: dict[int, bytes] = {}
         with self.session() as s:
             for chunk in _chunks([int(i) for i in ids], 500):
                 stmt = select(Item.id, Item.embedding).where(Item.id.in_(chunk))
+                if modality is not None:
+                    stmt = stmt.where(Item.modality == modality)
                 found.update({i: e for i, e in s.execute(stmt)})
         present = [int(i) for i in ids if int(i) in found]
         return present, from_blobs([found[i] for i in present], dim)

@@ -26,11 +26,14 @@ from . import config
 from .ann.faiss_index import VectorIndex
 from .ann.policy import choose_spec
 from .ann.upkeep import Upkeep
+from .ann.upkeep import check as check_derived
 from .catalog import Catalog, from_blobs
 from .errors import IndexNotFoundError, InputError, MMSearchError, ModelMismatchError, QueryError
 from .media import content_hash, draft_size, load_image
 from .models import ModelSpec, model_record, resolve_model, spec_from_record
 from .results import (
+    CheckProblem,
+    CheckReport,
     Hit,
     IndexInfo,
     ProgressFactory,
@@ -296,7 +299,12 @@ class Index:
         """The up-to-date ANN index of ``modality`` (repaired from the catalog if stale)."""
         self._check_reembed_done()
         vi = self._vectors.get(modality)
-        if vi is None or vi.manifest.generation != self.catalog.generation(modality):
+        keeper = self._upkeep()
+        if (
+            vi is None
+            or vi.manifest.generation != self.catalog.generation(modality)
+            or (keeper is not None and keeper.must_refresh(modality))
+        ):
             vi = self.refresh(modality)
         return vi
 
@@ -399,7 +407,7 @@ class Index:
             vi,
             vector,
             k,
-            keeper.store.get,
+            keeper.fetch,
             exclude=exclude,
             nprobe=nprobe,
             query_modality="text" if isinstance(query, str) else "image",
@@ -442,6 +450,35 @@ class Index:
         except InputError as exc:
             raise QueryError(f"cannot read query image {path}: {exc.reason}") from exc
         return encoder.encode_images([loaded.image])[0], self_id
+
+    # -- integrity ---------------------------------------------------------------------
+
+    def check(self, repair: bool = False) -> CheckReport:
+        """Verify every derived file against the catalog: every store row, every vector
+        index id, every exact vector (an IVF-PQ index: its ids, list sizes, and a sample of
+        stored vectors that must find themselves). With ``repair``, rebuild what is wrong
+        from the catalog. (Opening the index already repairs what its cheap checks find;
+        those repairs are listed too.)
+
+        Returns:
+            A :class:`CheckReport`; ``report.ok`` is False while a problem is unrepaired.
+        """
+        if self.catalog.get_meta("reembed_pending"):
+            problem = CheckProblem(
+                "catalog",
+                "a re-embedding was interrupted: items come from two models; finish it "
+                "with `mmsearch index --reembed --model ...`",
+            )
+            return CheckReport([problem], {})
+        if self.model_info is None:
+            return CheckReport([], {"items": 0})
+        self._keeper = None  # a fresh keeper: run the checks made on open, too
+        self._vectors.clear()
+        keeper = self._upkeep()
+        if keeper is None:
+            return CheckReport([], {"items": 0})
+        problems, checked = check_derived(keeper, repair=repair)
+        return CheckReport(problems, checked)
 
     # -- info ---------------------------------------------------------------------------
 
