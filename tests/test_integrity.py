@@ -19,8 +19,11 @@ from mmsearch.ann import policy as index_policy
 from mmsearch.cli import cli
 from mmsearch.status import ExitStatus
 
-WORDS = "red green blue car boat dog cat tree house sea small big old new bright dark".split()
-N_TEXTS = 1200  # past EXACT_MAX below: the text index is IVF-PQ
+pytestmark = pytest.mark.slow  # builds an IVF-PQ index of 1,200 texts once (~30 s)
+
+WORDS = "red green blue car boat dog cat tree house sea small big old new bright dark".split()  # noqa: SIM905
+N_TEXTS = 1200  # past EXACT_MAX below: the big index is IVF-PQ
+N_FLAT = 200  # the small one is exact
 EXACT_MAX = 300
 PROBES = 20  # texts searched for themselves after each repair
 
@@ -30,30 +33,70 @@ def _texts() -> list[str]:
     return sorted({" ".join(rng.choice(WORDS, size=5)) for _ in range(4000)})[:N_TEXTS]
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An index of 1,200 texts (IVF-PQ) and a flat image-less layout, built once."""
-    root = tmp_path_factory.mktemp("built") / "idx"
+def _fast_tuning(m: pytest.MonkeyPatch) -> None:
+    """IVF-PQ past 300 vectors, tuned on fewer queries: rebuilds take seconds."""
+    from mmsearch.ann import upkeep
+
+    m.setattr(index_policy, "EXACT_MAX", EXACT_MAX)
+    m.setattr(upkeep, "TUNE_QUERIES", 60)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_model_load() -> object:
+    """Load the tiny model once for the module (each search would load it again)."""
+    from mmsearch.encoder import Encoder
+
+    loaded: dict[str, Encoder] = {}
+    original = Encoder.load
+
+    def load(spec, device=None):  # type: ignore[no-untyped-def]
+        key = repr((spec, device))
+        if key not in loaded:
+            loaded[key] = original(spec, device=device)
+        return loaded[key]
+
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(index_policy, "EXACT_MAX", EXACT_MAX)
-        with mmsearch.Index.open(root, model=TINY) as index:
+        m.setattr(Encoder, "load", staticmethod(load))
+        yield
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two text indexes built once: 1,200 texts (IVF-PQ) and 200 texts (exact)."""
+    root = tmp_path_factory.mktemp("built")
+    with pytest.MonkeyPatch.context() as m:
+        _fast_tuning(m)
+        with mmsearch.Index.open(root / "ivf", model=TINY) as index:
             index.add_texts(_texts())
             assert index.vectors("text").manifest.factory.startswith("IVF")
-    return root
+        with mmsearch.Index.open(root / "flat", model=TINY) as index:
+            index.add_texts(_texts()[:N_FLAT])
+            assert index.vectors("text").manifest.factory == "Flat"
+    return {"ivf": root / "ivf", "flat": root / "flat"}
 
 
-@pytest.fixture
-def idx(built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(index_policy, "EXACT_MAX", EXACT_MAX)
-    out = tmp_path / "idx"
-    shutil.copytree(built, out)
+def _copy(built: dict[str, Path], kind: str, tmp_path: Path, m: pytest.MonkeyPatch) -> Path:
+    _fast_tuning(m)
+    out = tmp_path / kind
+    shutil.copytree(built[kind], out)
     return out
 
 
+@pytest.fixture
+def ivf(built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return _copy(built, "ivf", tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def idx(built: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The exact index (rebuilds are instant): for damage where the kind does not matter."""
+    return _copy(built, "flat", tmp_path, monkeypatch)
+
+
 def _all_find_themselves(idx: Path) -> None:
-    texts = _texts()
     with mmsearch.Index.open(idx) as index:
-        for text in texts[:: N_TEXTS // PROBES]:
+        texts = _texts()[: index.catalog.count("text")]
+        for text in texts[:: len(texts) // PROBES]:
             (hit,) = index.search(text, k=1, target="text")
             assert hit.text == text and hit.score > 0.99
 
@@ -70,17 +113,18 @@ def _warned(caplog: pytest.LogCaptureFixture, *words: str) -> bool:
     )
 
 
-def test_intact_index_checks_clean(idx):
-    code, report = _check(idx)
+def test_intact_index_checks_clean(ivf):
+    code, report = _check(ivf)
     assert code == 0 and report["problems"] == [] and report["checked"]["text vectors"] == N_TEXTS
 
 
-def test_truncated_store_is_rebuilt(idx, caplog):
-    store = idx / "embeddings.f16"
+def test_truncated_store_is_rebuilt(ivf, caplog):
+    """The re-rank of IVF-PQ candidates used to score every hit 0.000 from zero rows."""
+    store = ivf / "embeddings.f16"
     os.truncate(store, store.stat().st_size // 2)
-    _all_find_themselves(idx)
+    _all_find_themselves(ivf)
     assert _warned(caplog, "embedding store", "truncated")
-    assert _check(idx)[0] == 0
+    assert _check(ivf)[0] == 0
 
 
 def test_garbled_store_rows_never_score_wrong(idx, caplog):
@@ -103,19 +147,19 @@ def test_garbled_store_rows_never_score_wrong(idx, caplog):
     _all_find_themselves(idx)
 
 
-def test_garbled_store_rows_are_caught_at_query_time(idx, caplog, monkeypatch):
+def test_garbled_store_rows_are_caught_at_query_time(ivf, caplog, monkeypatch):
     """Damage the open-time sample misses: the re-rank sees a non-unit row and repairs."""
     from mmsearch.ann import upkeep
 
     monkeypatch.setattr(upkeep.Upkeep, "verify_store_sample", lambda self, seed=None: None)
-    with mmsearch.Index.open(idx) as index:
+    with mmsearch.Index.open(ivf) as index:
         dim = index.dim
         ids = index.catalog.ids("text").tolist()
-    with open(idx / "embeddings.f16", "r+b") as f:
+    with open(ivf / "embeddings.f16", "r+b") as f:
         for i in ids:  # zero every text row: what a truncation used to read back
             f.seek(int(i) * 2 * dim)
             f.write(bytes(2 * dim))
-    _all_find_themselves(idx)
+    _all_find_themselves(ivf)
     assert _warned(caplog, "embedding store", "non-unit")
 
 
@@ -127,7 +171,8 @@ def test_truncated_faiss_file_is_rebuilt(idx, caplog):
     assert _check(idx)[0] == 0
 
 
-def test_garbled_faiss_body_is_rebuilt(idx, caplog):
+def test_garbled_faiss_body_is_rebuilt(ivf, caplog):
+    idx = ivf
     path = idx / "vectors-text.faiss"
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
