@@ -31,7 +31,7 @@ def reembed(
     summary = RunSummary()
     encoder = get_encoder()
     images = catalog.image_files()
-    text_ids = catalog.ids("text")
+    text_ids: list[int] = catalog.ids("text").tolist()  # Python ints, not numpy
     bar = progress(len(images) + len(text_ids), "re-embedding")
     try:
         by_path = {r.path: r for r in images if r.path}
@@ -65,7 +65,7 @@ def reembed(
         if pending:
             flush()
         summary.removed += catalog.remove(lost)
-        for chunk in batches(list(text_ids), 256):
+        for chunk in batches(text_ids, 256):
             recs = catalog.records(chunk)
             texts = [recs[i].text or "" for i in chunk]
             vecs = encoder.encode_texts(texts)

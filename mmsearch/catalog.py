@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,7 @@ from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .config import IndexSettings
-from .errors import IndexCorruptError, IndexNotFoundError, ModelMismatchError
+from .errors import CatalogWriteError, IndexCorruptError, IndexNotFoundError, ModelMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,28 @@ class Meta(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class SkippedFile(Base):
+    """A file that could not be indexed, remembered so an unchanged one is not decoded
+    again on every run (a new table: ``create_all`` adds it to older catalogs)."""
+
+    __tablename__ = "skipped_files"
+
+    path: Mapped[str] = mapped_column(Text, primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+
+
+@dataclass(frozen=True)
+class SkipRecord:
+    """A remembered bad file: where, which version of it (size, mtime), and why."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -149,6 +173,7 @@ class Catalog:
         self.path = Path(path)
         if not self.path.exists() and not create:
             raise IndexNotFoundError(self.path.parent)
+        _refuse_empty_file(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(f"sqlite:///{self.path}")
         event.listen(self.engine, "connect", _set_sqlite_pragmas)
@@ -179,7 +204,12 @@ class Catalog:
     # -- schema -------------------------------------------------------------------------
 
     def _init_schema(self) -> None:
+        existed = self.path.exists() and self.path.stat().st_size > 0
         tables = set(inspect(self.engine).get_table_names())
+        if existed and not tables:
+            # A database file with no tables is not one we created (ours get their schema
+            # in the same breath): refuse it rather than write a schema into it.
+            raise IndexCorruptError(f"{self.path} is not an mmsearch catalog (no tables)")
         if tables and "meta" not in tables:
             # Another application's database: refuse it rather than write into it.
             raise IndexCorruptError(f"{self.path} is not an mmsearch catalog")
@@ -190,6 +220,7 @@ class Catalog:
                 raise IndexCorruptError(f"{self.path} is not an mmsearch catalog")
             if row is None:
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                s.add(Meta(key="catalog_id", value=uuid.uuid4().hex))
                 return
             version = int(row.value)
             if version > SCHEMA_VERSION:
@@ -202,6 +233,20 @@ class Catalog:
                 MIGRATIONS[version](s)
                 version += 1
             row.value = str(version)
+
+    @property
+    def catalog_id(self) -> str:
+        """A random id of this catalog, recorded in every derived file so that a file
+        copied from another index is recognised as foreign (made on first use for
+        catalogs that predate it)."""
+        value = self.get_meta("catalog_id")
+        if not value:
+            value = uuid.uuid4().hex
+            with self.session() as s, s.begin():
+                if s.get(Meta, "catalog_id") is None:
+                    s.add(Meta(key="catalog_id", value=value))
+            value = self.get_meta("catalog_id") or value
+        return value
 
     @property
     def schema_version(self) -> int:
@@ -309,13 +354,17 @@ class Catalog:
             item = s.scalar(select(Item).where(Item.path == path))
             return _record(item) if item else None
 
-    def embeddings(self, ids: Sequence[int], dim: int) -> tuple[list[int], np.ndarray]:
-        """Stored embeddings of ``ids`` as float32 rows, in the order given; ids no longer
-        in the catalog are left out. Returns (ids found, matrix)."""
+    def embeddings(
+        self, ids: Sequence[int], dim: int, modality: str | None = None
+    ) -> tuple[list[int], np.ndarray]:
+        """Stored embeddings of ``ids`` (of ``modality``, if given) as float32 rows, in the
+        order given; ids not in the catalog are left out. Returns (ids found, matrix)."""
         found: dict[int, bytes] = {}
         with self.session() as s:
             for chunk in _chunks([int(i) for i in ids], 500):
                 stmt = select(Item.id, Item.embedding).where(Item.id.in_(chunk))
+                if modality is not None:
+                    stmt = stmt.where(Item.modality == modality)
                 found.update({i: e for i, e in s.execute(stmt)})
         present = [int(i) for i in ids if int(i) in found]
         return present, from_blobs([found[i] for i in present], dim)
@@ -366,7 +415,7 @@ class Catalog:
 
     def remove(self, ids: Iterable[int]) -> int:
         """Delete items; returns how many existed and were deleted."""
-        wanted = [int(i) for i in ids]
+        wanted = _int_ids(ids)
         existing = len(self.records(wanted))
         self.apply(remove=wanted)
         return existing
@@ -380,16 +429,21 @@ class Catalog:
         """Remove, update and add items in ONE transaction (so an interrupted run leaves the
         catalog as it was before the batch or after it, never half-way). Returns new ids."""
         now = time.time()
-        removed = [int(i) for i in remove]
+        removed = _int_ids(remove)
+        changes = list(zip(_int_ids(i for i, _ in updates), [v for _, v in updates], strict=True))
         with self.session() as s, s.begin():
             modalities: set[str] = {r["modality"] for r in add}
-            touched = removed + [i for i, _ in updates]
+            touched = removed + [i for i, _ in changes]
             for chunk in _chunks(touched, 500):
                 modalities.update(s.scalars(select(Item.modality).where(Item.id.in_(chunk))))
             for chunk in _chunks(removed, 500):
                 s.execute(delete(Item).where(Item.id.in_(chunk)))
-            for item_id, values in updates:
-                s.execute(update(Item).where(Item.id == item_id).values(**_prepare(values)))
+            for item_id, values in changes:
+                result = s.execute(
+                    update(Item).where(Item.id == item_id).values(**_prepare(values))
+                )
+                if result.rowcount != 1:  # rolls the whole batch back: never a silent no-op
+                    raise CatalogWriteError(f"update of item {item_id} matched no row")
             s.flush()  # a re-encoded file's old row must be gone before its path is reused
             items = [Item(**_prepare(r), added_at=now) for r in add]
             s.add_all(items)
@@ -397,6 +451,27 @@ class Catalog:
                 self._bump(s, modalities)
             s.flush()
             return [i.id for i in items]
+
+    # -- files that could not be indexed -------------------------------------------------
+
+    def skipped_files(self) -> list[SkipRecord]:
+        """Every remembered bad file, by path."""
+        with self.session() as s:
+            rows = s.scalars(select(SkippedFile).order_by(SkippedFile.path))
+            return [SkipRecord(r.path, r.size, r.mtime_ns, r.reason) for r in rows]
+
+    def remember_skipped(self, records: Iterable[SkipRecord]) -> None:
+        """Remember (or update) bad files."""
+        with self.session() as s, s.begin():
+            for r in records:
+                s.merge(SkippedFile(path=r.path, size=r.size, mtime_ns=r.mtime_ns, reason=r.reason))
+
+    def forget_skipped(self, paths: Iterable[str]) -> None:
+        """Forget bad files (changed, gone, or indexed after all)."""
+        wanted = list(paths)
+        with self.session() as s, s.begin():
+            for chunk in _chunks(wanted, 500):
+                s.execute(delete(SkippedFile).where(SkippedFile.path.in_(chunk)))
 
     def replace_embeddings(self, changes: Sequence[tuple[int, np.ndarray]]) -> None:
         """Store new embeddings for existing items (re-embedding with another model)."""
@@ -408,6 +483,32 @@ def _prepare(values: dict[str, Any]) -> dict[str, Any]:
     emb = out.get("embedding")
     if emb is not None and not isinstance(emb, bytes):
         out["embedding"] = to_blob(emb)
+    return out
+
+
+def _refuse_empty_file(path: Path) -> None:
+    """A 0-byte catalog is a damaged one (SQLite never leaves its file empty once it has
+    written a schema), unless its write-ahead log still holds everything."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    wal = path.with_name(path.name + "-wal")
+    if size == 0 and not (wal.exists() and wal.stat().st_size > 0):
+        raise IndexCorruptError(
+            f"catalog {path} is empty (0 bytes): it was truncated or not written; restore "
+            "it from a backup, or delete the index directory and index again"
+        )
+
+
+def _int_ids(ids: Iterable[Any]) -> list[int]:
+    """Item ids as Python ints. A numpy integer would be bound by sqlite3 as a BLOB (it
+    offers the buffer protocol) and then match no row; a float or bool id is a bug."""
+    out = []
+    for i in ids:
+        if isinstance(i, bool | float | np.floating):
+            raise TypeError(f"item id must be an integer, not {type(i).__name__}")
+        out.append(operator.index(i))
     return out
 
 

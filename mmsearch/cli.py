@@ -354,6 +354,33 @@ def export_model_cmd(force: bool, index_dir: Path | None, as_json: bool) -> None
         )
 
 
+@cli.command("check")
+@click.option("--repair", is_flag=True, help="Rebuild from the catalog whatever is wrong.")
+@index_option
+@json_option
+@handle_errors
+def check_cmd(repair: bool, index_dir: Path | None, as_json: bool) -> None:
+    """Verify the derived files (embedding store, vector indexes) against the catalog.
+
+    Prints one line per problem; exits 7 when a problem is found and not repaired.
+    """
+    with _open(index_dir, create=False) as index:
+        report = index.check(repair=repair)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        for problem in report.problems:
+            state = "repaired" if problem.repaired else "NOT repaired"
+            click.echo(f"{problem.component}: {problem.message} ({state})")
+        checked = ", ".join(f"{n} {what}" for what, n in report.checked.items())
+        click.echo(
+            f"checked {checked or 'nothing (empty index)'}: "
+            + ("ok" if report.ok else "problems found")
+        )
+    if not report.ok:
+        raise click.exceptions.Exit(int(ExitStatus.CORRUPT))
+
+
 def pairs_options(func: F) -> F:
     func = click.option(
         "--caption-column",

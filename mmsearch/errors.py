@@ -72,6 +72,10 @@ class IndexCorruptError(MMSearchError):
     """The catalog or an index file cannot be read."""
 
 
+class CatalogWriteError(MMSearchError):
+    """A catalog write did not find the rows it was meant to change (nothing was written)."""
+
+
 class QueryError(MMSearchError):
     """A query is empty, malformed, or cannot be answered."""
 

@@ -26,6 +26,7 @@ from . import config
 from .ann.faiss_index import VectorIndex
 from .ann.policy import choose_spec
 from .ann.upkeep import Upkeep
+from .ann.upkeep import check as check_derived
 from .catalog import Catalog, ItemRecord, from_blobs
 from .errors import (
     IndexNotFoundError,
@@ -39,6 +40,8 @@ from .errors import (
 from .media import content_hash, draft_size, load_image
 from .models import ModelSpec, model_record, resolve_model, spec_from_record
 from .results import (
+    CheckProblem,
+    CheckReport,
     Hit,
     IndexInfo,
     ProgressFactory,
@@ -283,14 +286,15 @@ class Index:
         workers: int | None = None,
         progress: ProgressFactory | None = None,
     ) -> RunSummary:
-        """Everything ``mmsearch index`` does, in its order: apply vector-index
-        ``settings`` (keys of :meth:`configure`), re-embed with the requested model, bring
-        the ``images`` folders up to date, add the ``text_files``. Returns one summary."""
-        if settings and any(v is not None for v in settings.values()):
-            self.configure(**settings)
+        """Everything ``mmsearch index`` does, in its order: re-embed with the requested
+        model (first: nothing else may touch a catalog whose re-embed is pending), apply
+        vector-index ``settings`` (keys of :meth:`configure`), bring the ``images`` folders
+        up to date, add the ``text_files``. Returns one summary."""
         total = RunSummary()
         if reembed:
             total += self.reembed(batch_size=batch_size, workers=workers, progress=progress)
+        if settings and any(v is not None for v in settings.values()):
+            self.configure(**settings)
         if images:
             total += self.add_images(
                 images, exclude=exclude, batch_size=batch_size, workers=workers, progress=progress
@@ -300,16 +304,12 @@ class Index:
         return total
 
     def _check_reembed_done(self) -> None:
+        """Refuse to use a catalog whose re-embedding was interrupted: its rows come from
+        two models, whichever model is named, so only finishing the re-embed may run."""
         if self.catalog.get_meta("reembed_pending"):
-            if (
-                self._requested is not None
-                and self.model_info
-                and self._requested.identity == self.model_info["identity"]
-            ):
-                return
             raise MMSearchError(
-                "a re-embedding of this index was interrupted; run it again "
-                "(`mmsearch index --reembed --model ...`) before using the index"
+                "a re-embedding of this index was interrupted, so its items come from two "
+                "models; finish it (`mmsearch index --reembed --model ...`) before using it"
             )
 
     # -- vectors ------------------------------------------------------------------------
@@ -325,8 +325,14 @@ class Index:
 
     def vectors(self, modality: str) -> VectorIndex:
         """The up-to-date ANN index of ``modality`` (repaired from the catalog if stale)."""
+        self._check_reembed_done()
         vi = self._vectors.get(modality)
-        if vi is None or vi.manifest.generation != self.catalog.generation(modality):
+        keeper = self._upkeep()
+        if (
+            vi is None
+            or vi.manifest.generation != self.catalog.generation(modality)
+            or (keeper is not None and keeper.must_refresh(modality))
+        ):
             vi = self.refresh(modality)
         return vi
 
@@ -355,6 +361,7 @@ class Index:
         """
         from dataclasses import replace
 
+        self._check_reembed_done()
         current = self.catalog.settings()
         new = replace(
             current,
@@ -428,7 +435,7 @@ class Index:
             vi,
             vector,
             k,
-            keeper.store.get,
+            keeper.fetch,
             exclude=exclude,
             nprobe=nprobe,
             query_modality="text" if isinstance(query, str) else "image",
@@ -475,7 +482,7 @@ class Index:
             self.vectors(target),
             vector.astype(np.float32),
             k,
-            keeper.store.get,
+            keeper.fetch,
             exclude={item_id},
             nprobe=nprobe,
             query_modality=record.modality,
@@ -607,10 +614,40 @@ class Index:
         if report is not None:
             logger.info("exported the query runtime to %s", report.out_dir)
 
+    # -- integrity ---------------------------------------------------------------------
+
+    def check(self, repair: bool = False) -> CheckReport:
+        """Verify every derived file against the catalog: every store row, every vector
+        index id, every exact vector (an IVF-PQ index: its ids, list sizes, and a sample of
+        stored vectors that must find themselves). With ``repair``, rebuild what is wrong
+        from the catalog. (Opening the index already repairs what its cheap checks find;
+        those repairs are listed too.)
+
+        Returns:
+            A :class:`CheckReport`; ``report.ok`` is False while a problem is unrepaired.
+        """
+        if self.catalog.get_meta("reembed_pending"):
+            problem = CheckProblem(
+                "catalog",
+                "a re-embedding was interrupted: items come from two models; finish it "
+                "with `mmsearch index --reembed --model ...`",
+            )
+            return CheckReport([problem], {})
+        if self.model_info is None:
+            return CheckReport([], {"items": 0})
+        self._keeper = None  # a fresh keeper: run the checks made on open, too
+        self._vectors.clear()
+        keeper = self._upkeep()
+        if keeper is None:
+            return CheckReport([], {"items": 0})
+        problems, checked = check_derived(keeper, repair=repair)
+        return CheckReport(problems, checked)
+
     # -- info ---------------------------------------------------------------------------
 
     def info(self) -> IndexInfo:
         """What the index holds."""
+        self._check_reembed_done()
         model = self.model_info
         vectors = []
         for modality in TARGETS:

@@ -222,16 +222,22 @@ def _decode(path: str, img: Image.Image, max_pixels: int, draft_size: int | None
         raise InputError(
             path, f"too large: {width}×{height} pixels exceeds the limit of {max_pixels}"
         )
-    if _orientation(img) in _ROTATING_ORIENTATIONS:
-        width, height = height, width
     if draft_size and img.format == "JPEG":
         img.draft("RGB", (draft_size, draft_size))
     try:
-        img.load()  # full decode here, so that truncation is caught here
-        rgb = _to_rgb(_oriented(path, img))
+        # The full decode comes first, before anything else touches the pixels: reading
+        # EXIF decodes a PNG as a side effect, and a decode error swallowed there would
+        # leave a later load() with nothing to do and a garbled image looking fine.
+        img.load()
     except Image.DecompressionBombError as exc:
         raise InputError(path, _bomb_reason(exc)) from exc
     except Exception as exc:  # OSError (truncated), SyntaxError, ValueError, ...
+        raise InputError(path, f"corrupt or truncated image: {exc}") from exc
+    if _orientation(img) in _ROTATING_ORIENTATIONS:
+        width, height = height, width
+    try:
+        rgb = _to_rgb(_oriented(path, img))
+    except Exception as exc:  # a mode Pillow cannot convert
         raise InputError(path, f"corrupt or truncated image: {exc}") from exc
     if not draft_size:
         width, height = rgb.size

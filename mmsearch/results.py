@@ -159,3 +159,39 @@ class IndexInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class CheckProblem:
+    """One thing ``mmsearch check`` found wrong.
+
+    Attributes:
+        component: ``store``, ``image index``, ``text index``, ``catalog`` …
+        message: what is wrong.
+        repaired: whether it was rebuilt from the catalog.
+    """
+
+    component: str
+    message: str
+    repaired: bool = False
+
+
+@dataclass
+class CheckReport:
+    """The result of :meth:`mmsearch.Index.check`.
+
+    Attributes:
+        problems: everything found wrong, repaired or not.
+        checked: what was verified, and how many items of each.
+    """
+
+    problems: list[CheckProblem] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong any more (no problem, or all repaired)."""
+        return all(p.repaired for p in self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}

@@ -8,6 +8,7 @@ import click
 
 from .errors import (
     DependencyError,
+    IndexCorruptError,
     IndexNotFoundError,
     InputError,
     MMSearchError,
@@ -27,6 +28,7 @@ class ExitStatus(enum.IntEnum):
     MODEL = 4  # model unknown, weights unavailable, or mismatched with the index
     INPUT = 5  # a query or input file cannot be used
     DEPENDENCY = 6  # an optional dependency is missing
+    CORRUPT = 7  # the catalog is damaged, or `check` found problems it did not repair
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -37,6 +39,7 @@ _BY_ERROR: tuple[tuple[type[MMSearchError], ExitStatus], ...] = (
     (QueryError, ExitStatus.INPUT),
     (InputError, ExitStatus.INPUT),
     (DependencyError, ExitStatus.DEPENDENCY),
+    (IndexCorruptError, ExitStatus.CORRUPT),
 )
 
 

@@ -8,7 +8,6 @@ from, so a stale or foreign file is detected on open and repaired (see
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -21,6 +20,7 @@ import numpy as np
 
 from mmsearch.errors import IndexCorruptError
 
+from . import integrity
 from .coarse import TWO_LEVEL_MIN_NLIST, clustering_index, two_level_kmeans
 from .library import require_faiss
 from .policy import choose_spec, memory_per_vector
@@ -39,6 +39,9 @@ class Manifest:
         generation: the catalog generation the index reflects.
         factory: the FAISS factory string it was built with.
         params: search parameters (e.g. ``nprobe``) and build facts (``trained_on``).
+        catalog_id: the catalog it was derived from (a file from another index is foreign).
+        count: vectors the file holds.
+        file: the file's fingerprint (:func:`mmsearch.ann.integrity.fingerprint`).
     """
 
     modality: str
@@ -47,13 +50,18 @@ class Manifest:
     generation: int = 0
     factory: str = "Flat"
     params: dict[str, Any] = field(default_factory=dict)
+    catalog_id: str = ""
+    count: int = 0
+    file: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, indent=2, sort_keys=True)
+        """The manifest as JSON, sealed with a checksum of its content."""
+        return integrity.seal(dict(self.__dict__))
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
-        return cls(**json.loads(text))
+        """Raises ValueError (bad JSON, no or wrong checksum) or TypeError (fields)."""
+        return cls(**integrity.unseal(text))
 
 
 #: Least candidate list of an HNSW coarse quantiser's graph search (faiss' default is 16,
@@ -257,6 +265,17 @@ class VectorIndex:
                 invlists.release_ids(list_no, ptr)
         return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
+    def ids_in_order(self) -> np.ndarray:
+        """Ids of an exact (ID-mapped) index in storage order."""
+        fs = require_faiss()
+        return fs.vector_to_array(self.index.id_map).astype(np.int64)
+
+    def reconstruct_all(self) -> np.ndarray:
+        """Every vector of an exact index, in storage order (float32)."""
+        fs = require_faiss()
+        inner = fs.downcast_index(self.index.index)
+        return inner.reconstruct_n(0, inner.ntotal)
+
     # -- search -------------------------------------------------------------------------
 
     def search(
@@ -279,24 +298,61 @@ class VectorIndex:
     # -- persistence --------------------------------------------------------------------
 
     def save(self, path: str | Path, manifest_path: str | Path) -> None:
-        """Write the index and its manifest atomically (temp file, fsync, rename)."""
+        """Write the index and its manifest atomically (temp file, fsync, rename); the
+        manifest records the file's fingerprint, taken from the temp file before rename."""
         fs = require_faiss()
-        _atomic_write(Path(path), lambda tmp: fs.write_index(self.index, str(tmp)))
+
+        def write(tmp: str) -> None:
+            fs.write_index(self.index, tmp)
+            self.manifest.file = integrity.fingerprint(tmp)
+            self.manifest.count = self.count
+
+        _atomic_write(Path(path), write)
         _atomic_write(
             Path(manifest_path), lambda tmp: Path(tmp).write_text(self.manifest.to_json())
         )
 
     @classmethod
-    def load(cls, path: str | Path, manifest_path: str | Path) -> VectorIndex:
-        """Read an index and its manifest. Raises IndexCorruptError if either is unreadable."""
+    def load(
+        cls,
+        path: str | Path,
+        manifest_path: str | Path,
+        catalog_id: str | None = None,
+        full: bool | None = None,
+    ) -> VectorIndex:
+        """Read an index and its manifest, verified before they are trusted.
+
+        Args:
+            path: the FAISS file.
+            manifest_path: its manifest.
+            catalog_id: the catalog it must derive from (None: not checked).
+            full: hash the whole file (default: small files only; see
+                :mod:`mmsearch.ann.integrity`).
+
+        Raises:
+            IndexCorruptError: either file is unreadable, garbled, foreign or does not
+                match the other; the message says what is wrong.
+        """
         fs = require_faiss()
         try:
             manifest = Manifest.from_json(Path(manifest_path).read_text())
+        except (OSError, ValueError, TypeError) as exc:
+            raise IndexCorruptError(f"manifest {manifest_path}: {exc}") from exc
+        if catalog_id is not None and manifest.catalog_id != catalog_id:
+            raise IndexCorruptError(f"{path} was built from another catalog")
+        problem = integrity.verify(path, manifest.file, full=full)
+        if problem is not None:
+            raise IndexCorruptError(f"{path}: {problem}")
+        try:
             index = fs.read_index(str(path))
         except (OSError, ValueError, TypeError, RuntimeError) as exc:
             raise IndexCorruptError(f"cannot read vector index {path}: {exc}") from exc
         if index.d != manifest.dim:
             raise IndexCorruptError(f"{path}: dimension {index.d} ≠ manifest {manifest.dim}")
+        if index.ntotal != manifest.count:
+            raise IndexCorruptError(
+                f"{path}: {index.ntotal} vectors, manifest says {manifest.count}"
+            )
         return cls(index, manifest)
 
     # -- repair -------------------------------------------------------------------------
@@ -325,6 +381,7 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(tmp)
+        integrity.make_shareable(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -11,12 +11,16 @@ writing the rows above a per-modality high-water mark.
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+
+from . import integrity
+
+logger = logging.getLogger(__name__)
 
 #: Grow the file by at least this factor, so appending rows does not remap every time.
 _GROWTH = 1.25
@@ -32,30 +36,58 @@ class EmbeddingStore:
             model is discarded on open.
     """
 
-    def __init__(self, path: str | Path, dim: int, model: str) -> None:
+    def __init__(self, path: str | Path, dim: int, model: str, catalog_id: str = "") -> None:
         self.path = Path(path)
         self.meta_path = self.path.with_suffix(self.path.suffix + ".json")
         self.dim = dim
         self.model = model
+        self.catalog_id = catalog_id
         self.high_water: dict[str, int] = {}
         self._mm: np.memmap | None = None
-        meta = self._read_meta()
-        if meta.get("model") != model or meta.get("dim") != dim or not self.path.exists():
+        #: Why the file on disk was discarded when opened (None: kept, or none was there).
+        self.discarded: str | None = None
+        meta, problem = self._read_meta()
+        if problem is None:
+            problem = self._mismatch(meta)
+        if problem is not None:
+            if self.path.exists() or self.meta_path.exists():
+                self.discarded = problem
+                logger.warning("discarding the embedding store %s: %s", self.path, problem)
             self.path.unlink(missing_ok=True)
             self._write_meta()
         else:
             self.high_water = {k: int(v) for k, v in meta.get("high_water", {}).items()}
 
-    def _read_meta(self) -> dict:
+    def _read_meta(self) -> tuple[dict, str | None]:
         try:
-            return json.loads(self.meta_path.read_text())
-        except (OSError, ValueError):
-            return {}
+            return integrity.unseal(self.meta_path.read_text()), None
+        except FileNotFoundError:
+            return {}, "no manifest"
+        except (OSError, ValueError) as exc:
+            return {}, f"manifest unreadable: {exc}"
+
+    def _mismatch(self, meta: dict) -> str | None:
+        """Why a store described by ``meta`` cannot be used, or None."""
+        if meta.get("model") != self.model or meta.get("dim") != self.dim:
+            return "written for another model"
+        if meta.get("catalog_id") != self.catalog_id:
+            return "written for another catalog"
+        if not self.path.exists():
+            return "file missing"
+        top = max((int(v) for v in meta.get("high_water", {}).values()), default=-1)
+        if self.rows < top + 1:
+            return f"{self.rows} rows on disk, {top + 1} written (truncated)"
+        return None
 
     def _write_meta(self) -> None:
         tmp = self.meta_path.with_suffix(".tmp")
-        meta = {"model": self.model, "dim": self.dim, "high_water": self.high_water}
-        tmp.write_text(json.dumps(meta))
+        meta = {
+            "model": self.model,
+            "dim": self.dim,
+            "catalog_id": self.catalog_id,
+            "high_water": self.high_water,
+        }
+        tmp.write_text(integrity.seal(meta))
         os.replace(tmp, self.meta_path)
 
     @property

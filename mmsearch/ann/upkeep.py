@@ -11,7 +11,7 @@ stale one is topped up (missing ids added, deleted ids removed). A new IVF index
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,10 +19,12 @@ import numpy as np
 
 from mmsearch import config
 from mmsearch.config import DEFAULT_RECALL_TARGET, IndexSettings
-from mmsearch.errors import MMSearchError
+from mmsearch.errors import IndexCorruptError, MMSearchError
+from mmsearch.results import CheckProblem
 
 from .faiss_index import VectorIndex
 from .policy import IndexSpec, choose_spec, needs_retrain
+from .query import Fetch
 from .store import EmbeddingStore
 from .tuning import TuningSet, exact_topk, tune_search
 
@@ -38,7 +40,13 @@ class CatalogView(Protocol):
     """What upkeep reads from the catalog (:class:`mmsearch.catalog.Catalog` offers it;
     components do not import each other, so this is stated here, not imported)."""
 
+    catalog_id: str
+
     def ids(self, modality: str) -> np.ndarray: ...
+    def count(self, modality: str | None = None) -> int: ...
+    def embeddings(
+        self, ids: Sequence[int], dim: int, modality: str | None = None
+    ) -> tuple[list[int], np.ndarray]: ...
     def generation(self, modality: str) -> int: ...
     def settings(self) -> IndexSettings: ...
     def iter_embeddings(
@@ -46,12 +54,26 @@ class CatalogView(Protocol):
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
 
 
+#: Store rows compared with the catalog when the store is opened: random ones, plus the
+#: last ones written (where an interrupted write or a truncation shows first).
+SAMPLE_ROWS, LAST_ROWS = 32, 8
+#: A stored embedding is a unit vector; a row whose norm is this far from 1 is damage
+#: (a truncated store reads back zeros; garbled bytes give arbitrary norms).
+NORM_TOLERANCE = 0.05
+
+
 def _chunks_from_store(
-    store: EmbeddingStore, ids: np.ndarray, size: int = ADD_CHUNK
+    fetch: Fetch, ids: np.ndarray, size: int = ADD_CHUNK
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for start in range(0, len(ids), size):
         chunk = ids[start : start + size]
-        yield chunk, store.get(chunk)
+        yield chunk, fetch(chunk)
+
+
+def _not_unit(rows: np.ndarray) -> np.ndarray:
+    """Mask of rows that are not unit vectors."""
+    # Written as "not within" so that NaN rows (garbled float16 bytes) count as damage.
+    return ~(np.abs(np.linalg.norm(rows, axis=1) - 1.0) <= NORM_TOLERANCE)
 
 
 class Upkeep:
@@ -66,7 +88,27 @@ class Upkeep:
 
     def __init__(self, directory: Path, catalog: CatalogView, model: str, dim: int) -> None:
         self.directory, self.catalog, self.model, self.dim = directory, catalog, model, dim
-        self.store = EmbeddingStore(directory / config.STORE_FILE, dim, model)
+        self.catalog_id = catalog.catalog_id
+        #: Modalities whose index must be rebuilt: the store they were built from was
+        #: found damaged, so their vectors may be too.
+        self.suspect: set[str] = set()
+        #: What the verification on open found and repaired (for ``mmsearch check``).
+        self.repairs_on_open: list[str] = []
+        self.store = self._open_store()
+        if self.store.discarded is not None:
+            self.repairs_on_open.append(f"store discarded: {self.store.discarded}")
+        problem = self.verify_store_sample()
+        if problem is not None:
+            self.repairs_on_open.append(problem)
+            self.repair_store(problem)
+
+    def _open_store(self) -> EmbeddingStore:
+        store = EmbeddingStore(
+            self.directory / config.STORE_FILE, self.dim, self.model, self.catalog_id
+        )
+        if store.discarded is not None:
+            self.suspect.update(config.MODALITIES)
+        return store
 
     def paths(self, modality: str) -> tuple[Path, Path]:
         return (
@@ -84,41 +126,158 @@ class Upkeep:
             *self.paths("text"),
         ):
             path.unlink(missing_ok=True)
-        self.store = EmbeddingStore(self.store.path, self.dim, self.model)
+        self.store = self._open_store()
+
+    # -- the store ----------------------------------------------------------------------
+
+    def verify_store_sample(self, seed: int | None = None) -> str | None:
+        """Compare a few store rows of each modality (random ones and the last written)
+        with the catalog's embeddings: what is wrong, or None."""
+        rng = np.random.default_rng(seed)
+        for modality, mark in sorted(self.store.high_water.items()):
+            if mark < 0:
+                continue
+            wanted = np.unique(
+                np.concatenate(
+                    [
+                        rng.integers(0, mark + 1, SAMPLE_ROWS),
+                        np.arange(max(0, mark - LAST_ROWS + 1), mark + 1),
+                    ]
+                )
+            )
+            ids, truth = self.catalog.embeddings(wanted.tolist(), self.dim, modality)
+            if not ids:
+                continue
+            stored = self.store.get(np.asarray(ids, dtype=np.int64))
+            bad = np.flatnonzero(np.any(stored != truth, axis=1))
+            if len(bad):
+                return (
+                    f"{len(bad)} of {len(ids)} sampled {modality} rows differ from the "
+                    f"catalog (first: item {ids[bad[0]]})"
+                )
+        return None
+
+    def repair_store(self, problem: str) -> None:
+        """Rebuild the store from the catalog; the vector indexes built from it are
+        rebuilt on their next use."""
+        logger.warning(
+            "embedding store %s is damaged (%s): rebuilding it from the catalog, and the "
+            "vector indexes built from it",
+            self.store.path,
+            problem,
+        )
+        self.store.close()
+        self.store.path.unlink(missing_ok=True)
+        self.store.meta_path.unlink(missing_ok=True)
+        self.store = self._open_store()
+        self.suspect.update(config.MODALITIES)
+        for modality in config.MODALITIES:
+            self.catch_up_store(modality)
+
+    def fetch(self, ids: np.ndarray) -> np.ndarray:
+        """Stored float32 embeddings of ``ids``, verified to be unit vectors: a damaged
+        store is rebuilt from the catalog first (never a silent zero score).
+
+        Raises:
+            IndexCorruptError: the catalog's own embeddings are not unit vectors.
+        """
+        rows = self.store.get(ids)
+        bad = _not_unit(rows)
+        if not bad.any():
+            return rows
+        self.repair_store(f"item {int(np.asarray(ids)[bad][0])} reads back as a non-unit vector")
+        rows = self.store.get(ids)
+        bad = _not_unit(rows)
+        if bad.any():
+            raise IndexCorruptError(
+                f"item {int(np.asarray(ids)[bad][0])}'s embedding in the catalog is not a unit "
+                "vector: the catalog is damaged (run `mmsearch check`)"
+            )
+        return rows
 
     def catch_up_store(self, modality: str) -> int:
         batches = self.catalog.iter_embeddings(modality, self.dim, after=self.store.mark(modality))
         return self.store.catch_up(modality, batches)
 
+    # -- vector indexes -----------------------------------------------------------------
+
+    def must_refresh(self, modality: str) -> bool:
+        """Whether the in-memory index of ``modality`` must be refreshed though its
+        generation matches (the store it came from was damaged)."""
+        return modality in self.suspect
+
+    def load(self, modality: str, full: bool | None = None) -> VectorIndex:
+        """The saved index of ``modality``, verified (IndexCorruptError if it is not sound)."""
+        index_file, manifest_file = self.paths(modality)
+        if not index_file.exists():
+            raise IndexCorruptError(f"{index_file} is missing")
+        vi = VectorIndex.load(index_file, manifest_file, catalog_id=self.catalog_id, full=full)
+        if vi.manifest.model != self.model or vi.manifest.dim != self.dim:
+            raise IndexCorruptError(f"{index_file} was built for another model")
+        if vi.manifest.modality != modality:
+            raise IndexCorruptError(f"{index_file} holds {vi.manifest.modality} vectors")
+        return vi
+
     def refresh(self, modality: str, current: VectorIndex | None) -> VectorIndex:
         """The up-to-date index of ``modality`` (``current`` is the one held in memory)."""
         self.catch_up_store(modality)
+        for _ in range(2):  # a second pass only if the store was repaired while building
+            try:
+                return self._refresh(modality, current)
+            except _StoreRepaired:
+                current = None
+        raise IndexCorruptError("the embedding store keeps reading back damaged rows")
+
+    def _refresh(self, modality: str, current: VectorIndex | None) -> VectorIndex:
         generation = self.catalog.generation(modality)
         index_file, manifest_file = self.paths(modality)
         vi = current
-        if vi is None and index_file.exists():
-            try:
-                vi = VectorIndex.load(index_file, manifest_file)
-            except MMSearchError as exc:
-                logger.warning("rebuilding the %s index: %s", modality, exc)
-        if vi is not None and (vi.manifest.model != self.model or vi.manifest.dim != self.dim):
-            logger.info("rebuilding the %s index: built for another model", modality)
+        rebuild = modality in self.suspect
+        self.suspect.discard(modality)
+        if rebuild:
             vi = None
+        elif vi is None and (index_file.exists() or manifest_file.exists()):
+            try:
+                vi = self.load(modality)
+            except MMSearchError as exc:
+                logger.warning("rebuilding the %s index from the catalog: %s", modality, exc)
         if vi is not None and vi.manifest.generation == generation:
-            return vi
+            if vi.count == self.catalog.count(modality):
+                return vi
+            logger.warning(
+                "%s index holds %d vectors, the catalog %d: syncing",
+                modality,
+                vi.count,
+                self.catalog.count(modality),
+            )
         ids = self.catalog.ids(modality)
         settings = self.catalog.settings()
         spec = choose_spec(
             len(ids), self.dim, index_type=settings.index_type, memory_budget=settings.memory_budget
         )
+        fetch = self._build_fetch(modality)
         if vi is None or self._must_rebuild(vi, spec, len(ids)):
-            vi = self.build(modality, ids, spec, settings.recall_target)
+            vi = self.build(modality, ids, spec, settings.recall_target, fetch=fetch)
         else:
-            added, removed = vi.sync_to(ids, self.store.get)
+            added, removed = vi.sync_to(ids, fetch)
             logger.info("%s index topped up: +%d −%d", modality, added, removed)
         vi.manifest.generation = generation
+        vi.manifest.catalog_id = self.catalog_id
         vi.save(index_file, manifest_file)
         return vi
+
+    def _build_fetch(self, modality: str) -> Fetch:
+        """A fetch for building ``modality``'s index that aborts the build (to restart it
+        from scratch) when the store turns out damaged: vectors already added are suspect."""
+
+        def fetch(ids: np.ndarray) -> np.ndarray:
+            before = self.store
+            rows = self.fetch(ids)
+            if self.store is not before:  # ``modality`` stays suspect: rebuilt next pass
+                raise _StoreRepaired
+            return rows
+
+        return fetch
 
     @staticmethod
     def _must_rebuild(vi: VectorIndex, spec: IndexSpec, n: int) -> bool:
@@ -136,8 +295,10 @@ class Upkeep:
         spec: IndexSpec,
         target: float = DEFAULT_RECALL_TARGET,
         seed: int = 1234,
+        fetch: Fetch | None = None,
     ) -> VectorIndex:
         """Build ``modality``'s index from the store, streaming; tune nprobe if IVF."""
+        fetch = fetch or self.fetch
         params: dict[str, Any] = {
             "kind": spec.kind,
             "rerank_factor": spec.rerank_factor,
@@ -150,8 +311,8 @@ class Upkeep:
         if not vi.is_trained:
             sample = np.sort(rng.choice(ids, min(spec.train_size, len(ids)), replace=False))
             logger.info("training %s on %d of %d vectors", spec.factory, len(sample), len(ids))
-            vi.train(self.store.get(sample), max_train=len(sample), seed=seed)
-        for chunk, vecs in _chunks_from_store(self.store, ids):
+            vi.train(fetch(sample), max_train=len(sample), seed=seed)
+        for chunk, vecs in _chunks_from_store(fetch, ids):
             vi.add(chunk, vecs)
         if spec.kind != "flat" and len(ids):
             self._tune(vi, modality, ids, target, rng)
@@ -172,7 +333,7 @@ class Upkeep:
         for name, qids in self._tune_queries(modality, ids, rng).items():
             queries = self.store.get(qids)
             exclude = qids if name == modality else None
-            truth = exact_topk(queries, _chunks_from_store(self.store, ids), 10, exclude)
+            truth = exact_topk(queries, _chunks_from_store(self.store.get, ids), 10, exclude)
             sets[name] = TuningSet(queries, truth, exclude)
         choice = tune_search(vi, self.store, sets, target)
         vi.manifest.params.update(choice.params())
@@ -190,3 +351,120 @@ class Upkeep:
                 rng.choice(other_ids, min(TUNE_QUERIES, len(other_ids)), replace=False)
             )
         return out
+
+
+# -- full verification (``mmsearch check``) ---------------------------------------------
+
+#: Stored vectors searched for themselves when checking an IVF index.
+CHECK_SELF_QUERIES = 200
+#: Share of them that must find themselves (or an identical vector) first.
+CHECK_SELF_RECALL = 0.95
+
+
+def check(keeper: Upkeep, repair: bool = False) -> tuple[list[CheckProblem], dict[str, int]]:
+    """Verify every derived file of ``keeper``'s index against the catalog, and with
+    ``repair`` rebuild what is wrong. Returns (problems, items checked per part)."""
+    problems: list[CheckProblem] = [
+        CheckProblem("store", msg, repaired=True) for msg in keeper.repairs_on_open
+    ]
+    checked: dict[str, int] = {}
+    for modality in config.MODALITIES:
+        keeper.catch_up_store(modality)
+    bad, rows = _check_store(keeper)
+    checked["store rows"] = rows
+    if bad:
+        if repair:
+            keeper.repair_store(bad)
+        problems.append(CheckProblem("store", bad, repaired=repair))
+    for modality in config.MODALITIES:
+        n = keeper.catalog.count(modality)
+        index_file, manifest_file = keeper.paths(modality)
+        if n == 0 and not index_file.exists():
+            continue
+        problem = _check_vectors(keeper, modality)
+        checked[f"{modality} vectors"] = n
+        if problem is None:
+            continue
+        if repair:
+            index_file.unlink(missing_ok=True)
+            manifest_file.unlink(missing_ok=True)
+            keeper.suspect.add(modality)
+            keeper.refresh(modality, None)
+            problem_after = _check_vectors(keeper, modality)
+            if problem_after is not None:
+                problems.append(
+                    CheckProblem(modality, f"still wrong after rebuild: {problem_after}")
+                )
+        problems.append(CheckProblem(f"{modality} index", problem, repaired=repair))
+    return problems, checked
+
+
+def _check_store(keeper: Upkeep) -> tuple[str | None, int]:
+    """Every store row against the catalog: what is wrong (or None), rows compared."""
+    wrong, first, total = 0, None, 0
+    for modality in config.MODALITIES:
+        for ids, truth in keeper.catalog.iter_embeddings(modality, keeper.dim):
+            written = ids <= keeper.store.mark(modality)
+            stored = keeper.store.get(ids[written])
+            diff = np.any(stored != truth[written], axis=1)
+            total += int(written.sum())
+            if diff.any():
+                wrong += int(diff.sum())
+                first = first if first is not None else int(ids[written][diff][0])
+    if wrong:
+        return f"{wrong} of {total} rows differ from the catalog (first: item {first})", total
+    return None, total
+
+
+def _check_vectors(keeper: Upkeep, modality: str) -> str | None:
+    """``modality``'s saved index against the catalog: what is wrong, or None."""
+    try:
+        vi = keeper.load(modality, full=True)
+    except IndexCorruptError as exc:
+        return str(exc)
+    if vi.manifest.generation != keeper.catalog.generation(modality):
+        vi = keeper.refresh(modality, vi)  # merely stale: ordinary upkeep, not damage
+    truth_ids = keeper.catalog.ids(modality)
+    have = vi.ids()
+    if len(have) != vi.count:
+        return f"{vi.count} vectors but {len(have)} ids in its lists"
+    missing = np.setdiff1d(truth_ids, have)
+    extra = np.setdiff1d(have, truth_ids)
+    if len(missing) or len(extra):
+        return f"{len(missing)} catalog items missing, {len(extra)} ids not in the catalog"
+    if vi.manifest.factory == "Flat":
+        return _check_flat(keeper, vi, modality)
+    return _check_self_search(keeper, vi, modality)
+
+
+def _check_flat(keeper: Upkeep, vi: VectorIndex, modality: str) -> str | None:
+    """Every stored vector of an exact index equals its catalog embedding."""
+    held = dict(zip(vi.ids_in_order().tolist(), range(vi.count), strict=True))
+    vectors = vi.reconstruct_all()
+    wrong = 0
+    for ids, truth in keeper.catalog.iter_embeddings(modality, keeper.dim):
+        rows = vectors[[held[int(i)] for i in ids]]
+        wrong += int(np.any(np.abs(rows - truth) > 1e-3, axis=1).sum())
+    return f"{wrong} vectors differ from the catalog" if wrong else None
+
+
+def _check_self_search(keeper: Upkeep, vi: VectorIndex, modality: str) -> str | None:
+    """A sample of stored vectors, searched the way queries are, each finds itself (or an
+    identical vector: duplicate content shares its embedding)."""
+    from .query import search_batch, search_params
+
+    ids = keeper.catalog.ids(modality)
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(ids, min(CHECK_SELF_QUERIES, len(ids)), replace=False))
+    found, truth = keeper.catalog.embeddings(sample.tolist(), keeper.dim, modality)
+    nprobe, factor = search_params(vi.manifest.params, modality)
+    hit_ids, scores = search_batch(vi, keeper.fetch, truth, 1, nprobe=nprobe, factor=factor)
+    selfish = (hit_ids[:, 0] == np.asarray(found)) | (scores[:, 0] >= 1 - 1e-3)
+    rate = float(selfish.mean()) if len(selfish) else 1.0
+    if rate < CHECK_SELF_RECALL:
+        return f"only {rate:.0%} of {len(found)} sampled vectors find themselves"
+    return None
+
+
+class _StoreRepaired(Exception):
+    """Internal: the store was rebuilt while an index was being built from it."""
