@@ -8,6 +8,7 @@ is skipped with its reason; an empty text is skipped silently.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -73,6 +74,10 @@ def read_texts(
     name = os.fspath(path)
     ext = os.path.splitext(name)[1].lower()
     try:
+        binary = _binary_reason(name)
+        if binary is not None:
+            logger.warning("%s: skipped: %s", name, binary)
+            return TextReadResult(skipped=[(name, binary)])
         with open(name, encoding="utf-8-sig", errors="replace", newline="") as f:
             if ext in _JSONL_EXTENSIONS:
                 result = _read_jsonl(name, f, field)
@@ -84,6 +89,42 @@ def read_texts(
         raise InputError(name, _os_reason(exc)) from exc
     logger.info("%s: %d texts, %d skipped", name, len(result.records), len(result.skipped))
     return result
+
+
+#: Magic numbers of formats people hand over by mistake (images, archives, PDF).
+_MAGIC = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"RIFF": "a RIFF file (WebP, WAV, AVI)",
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"BM": "a BMP image",
+    b"%PDF": "a PDF document",
+    b"PK\x03\x04": "a ZIP archive (or an office document)",
+    b"\x1f\x8b": "a gzip archive",
+}
+
+#: Bytes read to tell text from binary.
+_SNIFF = 1024
+
+
+def _binary_reason(name: str) -> str | None:
+    """Why the file is not text (None if it looks like text): a known binary magic
+    number, a NUL byte, or bytes that are not UTF-8 in its first KB."""
+    with open(name, "rb") as f:
+        head = f.read(_SNIFF)
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic) and (magic != b"BM" or b"\x00" in head[:14]):
+            return f"not a text file: {kind}"
+    if b"\x00" in head:
+        return "not a text file: binary data (NUL bytes)"
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:  # final=False: a character cut at the end of the sample is not an error
+        decoder.decode(head, final=len(head) < _SNIFF)
+    except UnicodeDecodeError:
+        return "not a text file: not UTF-8 (binary data or another encoding; convert it to UTF-8)"
+    return None
 
 
 def read_text_sources(

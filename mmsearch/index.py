@@ -9,11 +9,12 @@ with mmsearch.Index.open("~/photos-index") as index:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -28,6 +29,7 @@ from .ann.policy import choose_spec
 from .ann.upkeep import Upkeep
 from .catalog import Catalog, from_blobs
 from .errors import IndexNotFoundError, InputError, MMSearchError, ModelMismatchError, QueryError
+from .lock import WriterLock
 from .media import content_hash, draft_size, load_image
 from .models import ModelSpec, model_record, resolve_model, spec_from_record
 from .results import (
@@ -49,6 +51,19 @@ logger = logging.getLogger(__name__)
 #: Accepted ``target`` values.
 TARGETS = config.MODALITIES
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _writer(method: F) -> F:
+    """Run ``method`` holding the index's writer lock (one writing process at a time)."""
+
+    @functools.wraps(method)
+    def locked(self: Index, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
+
 
 class Index:
     """An mmsearch index stored in one directory.
@@ -60,12 +75,19 @@ class Index:
         catalog: its open catalog.
         spec: the model requested by the caller, or None to use the index's own.
         device: where to run the model.
+        lock: the writer lock every method that writes holds (default: wait for it).
     """
 
     def __init__(
-        self, path: Path, catalog: Catalog, spec: ModelSpec | None, device: str | None = None
+        self,
+        path: Path,
+        catalog: Catalog,
+        spec: ModelSpec | None,
+        device: str | None = None,
+        lock: WriterLock | None = None,
     ) -> None:
         self.path = path
+        self.lock = lock or WriterLock(path)
         self.catalog = catalog
         self._requested = spec
         self._device = device
@@ -84,6 +106,8 @@ class Index:
         pretrained: str | None = None,
         device: str | None = None,
         create: bool = True,
+        wait: bool = True,
+        on_wait: Callable[[int | None], None] | None = None,
     ) -> Index:
         """Open (or create) the index at ``path``.
 
@@ -94,6 +118,9 @@ class Index:
             pretrained: pretrained tag or checkpoint file for ``model``.
             device: ``cpu``/``cuda``; default CUDA when available.
             create: create the index if it does not exist (else raise IndexNotFoundError).
+            wait: when another process is writing the index, wait for it before writing
+                (else writing raises IndexBusyError). Searching never waits.
+            on_wait: called with the other writer's pid when waiting begins.
         """
         directory = Path(path).expanduser() if path else config.default_index_dir()
         directory = Path(os.path.abspath(directory))
@@ -103,7 +130,13 @@ class Index:
         spec = None
         if model is not None or pretrained is not None:
             spec = resolve_model(model, pretrained)
-        return cls(directory, Catalog(db), spec, device)
+        lock = WriterLock(directory, wait, on_wait)
+        if db.exists():
+            catalog = Catalog(db)
+        else:  # two processes creating one index: the second must find the schema made
+            with lock:
+                catalog = Catalog(db)
+        return cls(directory, catalog, spec, device, lock)
 
     def close(self) -> None:
         self.catalog.close()
@@ -152,6 +185,7 @@ class Index:
 
     # -- adding -------------------------------------------------------------------------
 
+    @_writer
     def add_images(
         self,
         paths: Sequence[str | os.PathLike[str]],
@@ -205,6 +239,7 @@ class Index:
         summary.skipped.extend(Skipped(src, reason) for src, reason in result.skipped)
         return summary
 
+    @_writer
     def _add_text_records(
         self, records: Sequence[TextRecord], progress: ProgressFactory | None
     ) -> RunSummary:
@@ -215,6 +250,7 @@ class Index:
         self.refresh("text")
         return summary
 
+    @_writer
     def reembed(
         self,
         batch_size: int = 64,
@@ -243,6 +279,7 @@ class Index:
             self.refresh(modality)
         return summary
 
+    @_writer
     def update(
         self,
         images: Sequence[str | os.PathLike[str]] = (),
@@ -313,6 +350,7 @@ class Index:
         self._vectors[modality] = vi
         return vi
 
+    @_writer
     def configure(
         self,
         index_type: str | None = None,

@@ -6,12 +6,14 @@ import enum
 
 from .errors import (
     DependencyError,
+    IndexBusyError,
     IndexNotFoundError,
     InputError,
     MMSearchError,
     ModelError,
     ModelMismatchError,
     QueryError,
+    StorageError,
 )
 
 
@@ -25,6 +27,8 @@ class ExitStatus(enum.IntEnum):
     MODEL = 4  # model unknown, weights unavailable, or mismatched with the index
     INPUT = 5  # a query or input file cannot be used
     DEPENDENCY = 6  # an optional dependency is missing
+    BUSY = 7  # another process is writing the index (--no-wait)
+    STORAGE = 8  # disk full, read-only or forbidden: the index's files cannot be written
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -35,6 +39,8 @@ _BY_ERROR: tuple[tuple[type[MMSearchError], ExitStatus], ...] = (
     (QueryError, ExitStatus.INPUT),
     (InputError, ExitStatus.INPUT),
     (DependencyError, ExitStatus.DEPENDENCY),
+    (IndexBusyError, ExitStatus.BUSY),
+    (StorageError, ExitStatus.STORAGE),
 )
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsearch.errors import StorageError
+
 #: Grow the file by at least this factor, so appending rows does not remap every time.
 _GROWTH = 1.25
 
@@ -41,7 +43,10 @@ class EmbeddingStore:
         self._mm: np.memmap | None = None
         meta = self._read_meta()
         if meta.get("model") != model or meta.get("dim") != dim or not self.path.exists():
-            self.path.unlink(missing_ok=True)
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise StorageError.from_os_error(exc, "resetting the embedding store") from exc
             self._write_meta()
         else:
             self.high_water = {k: int(v) for k, v in meta.get("high_water", {}).items()}
@@ -55,8 +60,12 @@ class EmbeddingStore:
     def _write_meta(self) -> None:
         tmp = self.meta_path.with_suffix(".tmp")
         meta = {"model": self.model, "dim": self.dim, "high_water": self.high_water}
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, self.meta_path)
+        try:
+            tmp.write_text(json.dumps(meta))
+            os.replace(tmp, self.meta_path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageError.from_os_error(exc, "writing the embedding store", tmp) from exc
 
     @property
     def rows(self) -> int:
@@ -65,19 +74,36 @@ class EmbeddingStore:
 
     def _map(self, min_rows: int = 0) -> np.memmap:
         if min_rows > self.rows:
-            new_rows = max(min_rows, int(self.rows * _GROWTH) + 1024)
-            self._mm = None
-            with open(self.path, "ab") as f:
-                f.truncate(new_rows * 2 * self.dim)
+            self._grow(max(min_rows, int(self.rows * _GROWTH) + 1024))
         if self._mm is None or len(self._mm) != self.rows:
-            self._mm = np.memmap(self.path, dtype="<f2", mode="r+", shape=(self.rows, self.dim))
+            try:
+                self._mm = np.memmap(self.path, dtype="<f2", mode="r+", shape=(self.rows, self.dim))
+            except PermissionError:  # read-only media or file: reading is all it is for
+                self._mm = np.memmap(self.path, dtype="<f2", mode="r", shape=(self.rows, self.dim))
         return self._mm
+
+    def _grow(self, rows: int) -> None:
+        """Make room for ``rows`` rows. The blocks are allocated now (posix_fallocate):
+        writing into a sparse memory map on a full disk kills the process with SIGBUS,
+        where an allocation fails with ENOSPC that can be reported."""
+        self._mm = None
+        size = rows * 2 * self.dim
+        try:
+            with open(self.path, "ab") as f:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(f.fileno(), 0, size)
+                else:  # pragma: no cover - no fallocate (macOS, Windows)
+                    f.truncate(size)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, "growing the embedding store", self.path) from exc
 
     def write(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Store rows (ids must be ≥ 0)."""
         if len(ids) == 0:
             return
         mm = self._map(int(ids.max()) + 1)
+        if not mm.flags.writeable:
+            raise StorageError(self.path, "writing the embedding store", "the file is read-only")
         if _is_run(ids):
             first = int(ids[0])
             mm[first : first + len(ids)] = vectors  # a contiguous run: one slice write
@@ -124,14 +150,44 @@ class EmbeddingStore:
         return self.high_water.get(modality, -1)
 
     def flush(self) -> None:
-        if self._mm is not None:
+        if self._mm is not None and self._mm.flags.writeable:
             self._mm.flush()
         self._write_meta()
 
     def close(self) -> None:
-        if self._mm is not None:
+        if self._mm is not None and self._mm.flags.writeable:
             self._mm.flush()
         self._mm = None
+
+
+class MemoryStore(EmbeddingStore):
+    """An embedding store in RAM, for when the store file cannot be written (disk full,
+    read-only index): the same interface, filled from the catalog, gone on exit."""
+
+    def __init__(self, dim: int, model: str, path: Path | None = None) -> None:
+        self.path = Path(path or "(memory)")
+        self.meta_path = self.path
+        self.dim, self.model = dim, model
+        self.high_water = {}
+        self._mm = np.zeros((0, dim), dtype="<f2")  # type: ignore[assignment]
+
+    @property
+    def rows(self) -> int:
+        return len(self._mm) if self._mm is not None else 0
+
+    def _map(self, min_rows: int = 0) -> np.memmap:
+        assert self._mm is not None
+        if min_rows > len(self._mm):
+            grown = np.zeros((max(min_rows, int(len(self._mm) * _GROWTH) + 1024), self.dim), "<f2")
+            grown[: len(self._mm)] = self._mm
+            self._mm = grown  # type: ignore[assignment]
+        return self._mm
+
+    def flush(self) -> None:
+        """Nothing to save."""
+
+    def close(self) -> None:
+        """Nothing to save."""
 
 
 def _is_run(ids: np.ndarray) -> bool:

@@ -19,11 +19,11 @@ import numpy as np
 
 from mmsearch import config
 from mmsearch.config import DEFAULT_RECALL_TARGET, IndexSettings
-from mmsearch.errors import MMSearchError
+from mmsearch.errors import MMSearchError, StorageError
 
 from .faiss_index import VectorIndex
 from .policy import IndexSpec, choose_spec, needs_retrain
-from .store import EmbeddingStore
+from .store import EmbeddingStore, MemoryStore
 from .tuning import TuningSet, exact_topk, tune_search
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,18 @@ class Upkeep:
 
     def __init__(self, directory: Path, catalog: CatalogView, model: str, dim: int) -> None:
         self.directory, self.catalog, self.model, self.dim = directory, catalog, model, dim
-        self.store = EmbeddingStore(directory / config.STORE_FILE, dim, model)
+        self.in_memory = False  # True once derived files could not be written
+        path = directory / config.STORE_FILE
+        try:
+            self.store = EmbeddingStore(path, dim, model)
+        except StorageError as exc:
+            self.store = self._to_memory(exc)
+
+    def _to_memory(self, exc: StorageError) -> EmbeddingStore:
+        """Carry on in RAM when derived files cannot be written: queries stay answered
+        from the catalog, which is the truth. Said once per process."""
+        self._warn_once(exc)
+        return MemoryStore(self.dim, self.model, self.directory / config.STORE_FILE)
 
     def paths(self, modality: str) -> tuple[Path, Path]:
         return (
@@ -86,7 +97,19 @@ class Upkeep:
             path.unlink(missing_ok=True)
         self.store = EmbeddingStore(self.store.path, self.dim, self.model)
 
+    def _warn_once(self, exc: StorageError) -> None:
+        if not self.in_memory:
+            logger.warning("%s; the vector index is kept in memory for now", exc)
+            self.in_memory = True
+
     def catch_up_store(self, modality: str) -> int:
+        try:
+            return self._catch_up(modality)
+        except StorageError as exc:  # rows may be half-written: start again in RAM
+            self.store = self._to_memory(exc)
+            return self._catch_up(modality)
+
+    def _catch_up(self, modality: str) -> int:
         batches = self.catalog.iter_embeddings(modality, self.dim, after=self.store.mark(modality))
         return self.store.catch_up(modality, batches)
 
@@ -117,7 +140,11 @@ class Upkeep:
             added, removed = vi.sync_to(ids, self.store.get)
             logger.info("%s index topped up: +%d −%d", modality, added, removed)
         vi.manifest.generation = generation
-        vi.save(index_file, manifest_file)
+        if not self.in_memory:
+            try:
+                vi.save(index_file, manifest_file)
+            except StorageError as exc:  # the index in hand is right; only saving failed
+                self._warn_once(exc)
         return vi
 
     @staticmethod
