@@ -58,7 +58,9 @@ def read_texts(
 
     ``.jsonl``/``.ndjson``: one JSON object per line, text under ``field``. ``.csv`` and
     ``.tsv``: a header row, text in ``column``. Anything else: one text per line. Files are
-    read as UTF-8 (a BOM is ignored, undecodable bytes replaced); texts are stripped.
+    read as UTF-8 (a BOM is ignored, undecodable bytes replaced); texts are stripped. A file
+    that is not text (a NUL byte, an image or archive magic number, or not UTF-8 in its
+    first KB) is skipped whole, with its reason, rather than read as garbage lines.
 
     Args:
         path: The file.

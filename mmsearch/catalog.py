@@ -197,8 +197,19 @@ def _storage_error(path: Path, exc: BaseException) -> StorageError | None:
             reason = "" if code is not None else str(exc)
             if prefix == "SQLITE_READONLY":
                 reason = "the catalog is read-only"
+            if prefix == "SQLITE_IOERR" and _nearly_full(path):
+                code = errno.ENOSPC  # SQLite reports a full disk mid-write as an I/O error
             return StorageError(path, action, reason, code)
     return None
+
+
+def _nearly_full(path: Path) -> bool:
+    """Whether the file system holding ``path`` has (next to) no room left."""
+    try:
+        st = os.statvfs(path.parent)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
+    return st.f_bavail * st.f_frsize < 256 * 1024
 
 
 def _writable(db: Path) -> bool:

@@ -11,6 +11,7 @@ writing the rows above a per-modality high-water mark.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -78,7 +79,9 @@ class EmbeddingStore:
         if self._mm is None or len(self._mm) != self.rows:
             try:
                 self._mm = np.memmap(self.path, dtype="<f2", mode="r+", shape=(self.rows, self.dim))
-            except PermissionError:  # read-only media or file: reading is all it is for
+            except OSError as exc:  # read-only media or file: reading is all it is for
+                if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise StorageError.from_os_error(exc, "opening the embedding store") from exc
                 self._mm = np.memmap(self.path, dtype="<f2", mode="r", shape=(self.rows, self.dim))
         return self._mm
 
