@@ -59,8 +59,8 @@ def read_texts(
     ``.jsonl``/``.ndjson``: one JSON object per line, text under ``field``. ``.csv`` and
     ``.tsv``: a header row, text in ``column``. Anything else: one text per line. Files are
     read as UTF-8 (a BOM is ignored, undecodable bytes replaced); texts are stripped. A file
-    that is not text (a NUL byte, an image or archive magic number, or not UTF-8 in its
-    first KB) is skipped whole, with its reason, rather than read as garbage lines.
+    that is not text (a NUL byte, an image or archive magic number, or many bytes that are
+    not UTF-8 in its first KB) is skipped whole, with its reason, rather than read as garbage lines.
 
     Args:
         path: The file.
@@ -109,6 +109,8 @@ _MAGIC = {
 
 #: Bytes read to tell text from binary.
 _SNIFF = 1024
+#: Undecodable bytes in the sample a text file may have (replaced when read), beyond 2%.
+_STRAY_BYTES = 4
 
 
 def _binary_reason(name: str) -> str | None:
@@ -121,10 +123,10 @@ def _binary_reason(name: str) -> str | None:
             return f"not a text file: {kind}"
     if b"\x00" in head:
         return "not a text file: binary data (NUL bytes)"
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:  # final=False: a character cut at the end of the sample is not an error
-        decoder.decode(head, final=len(head) < _SNIFF)
-    except UnicodeDecodeError:
+    # final=False: a character cut at the end of the sample is not an error.
+    sample = codecs.getincrementaldecoder("utf-8")("replace").decode(head, len(head) < _SNIFF)
+    bad = sample.count("\ufffd")
+    if bad > max(_STRAY_BYTES, len(sample) // 50):  # a stray bad byte is replaced, not fatal
         return "not a text file: not UTF-8 (binary data or another encoding; convert it to UTF-8)"
     return None
 
