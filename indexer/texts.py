@@ -78,7 +78,7 @@ def read_texts(
     try:
         binary = _binary_reason(name)
         if binary is not None:
-            logger.warning("%s: skipped: %s", name, binary)
+            logger.info("%s: skipped: %s", name, binary)
             return TextReadResult(skipped=[(name, binary)])
         with open(name, encoding="utf-8-sig", errors="replace", newline="") as f:
             if ext in _JSONL_EXTENSIONS:
