@@ -302,6 +302,7 @@ def test_read_only_index_with_stale_derived_files(tmp_path, odd):
 # -- 6. -q means quiet ----------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:PYTHON WARNING")
 def test_quiet_silences_c_libraries_and_warnings_but_not_errors(tmp_path, odd, capfd, monkeypatch):
     from mmsearch.ann.faiss_index import VectorIndex
 
