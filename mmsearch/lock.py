@@ -5,6 +5,10 @@ index directory. The kernel drops it when its holder exits, even by ``kill -9``,
 crashed run never leaves a stale lock behind. The holder writes its pid into the file so
 that a waiting process can say whom it waits for. Readers (queries) never take it: SQLite's
 WAL lets them read while a writer commits.
+
+The standard library, not the ``filelock`` package: ``flock`` is all filelock does on
+POSIX too, but filelock cannot tell a waiter who holds the lock, and saying
+"waiting for pid N" is the point of the message.
 """
 
 from __future__ import annotations
