@@ -8,6 +8,7 @@ is skipped with its reason; an empty text is skipped silently.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -57,7 +58,9 @@ def read_texts(
 
     ``.jsonl``/``.ndjson``: one JSON object per line, text under ``field``. ``.csv`` and
     ``.tsv``: a header row, text in ``column``. Anything else: one text per line. Files are
-    read as UTF-8 (a BOM is ignored, undecodable bytes replaced); texts are stripped.
+    read as UTF-8 (a BOM is ignored, undecodable bytes replaced); texts are stripped. A file
+    that is not text (a NUL byte, an image or archive magic number, or many bytes that are
+    not UTF-8 in its first KB) is skipped whole, with its reason, rather than read as garbage lines.
 
     Args:
         path: The file.
@@ -73,6 +76,10 @@ def read_texts(
     name = os.fspath(path)
     ext = os.path.splitext(name)[1].lower()
     try:
+        binary = _binary_reason(name)
+        if binary is not None:
+            logger.info("%s: skipped: %s", name, binary)
+            return TextReadResult(skipped=[(name, binary)])
         with open(name, encoding="utf-8-sig", errors="replace", newline="") as f:
             if ext in _JSONL_EXTENSIONS:
                 result = _read_jsonl(name, f, field)
@@ -84,6 +91,44 @@ def read_texts(
         raise InputError(name, _os_reason(exc)) from exc
     logger.info("%s: %d texts, %d skipped", name, len(result.records), len(result.skipped))
     return result
+
+
+#: Magic numbers of formats people hand over by mistake (images, archives, PDF).
+_MAGIC = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"RIFF": "a RIFF file (WebP, WAV, AVI)",
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"BM": "a BMP image",
+    b"%PDF": "a PDF document",
+    b"PK\x03\x04": "a ZIP archive (or an office document)",
+    b"\x1f\x8b": "a gzip archive",
+}
+
+#: Bytes read to tell text from binary.
+_SNIFF = 1024
+#: Undecodable bytes in the sample a text file may have (replaced when read), beyond 2%.
+_STRAY_BYTES = 4
+
+
+def _binary_reason(name: str) -> str | None:
+    """Why the file is not text (None if it looks like text): a known binary magic
+    number, a NUL byte, or bytes that are not UTF-8 in its first KB."""
+    with open(name, "rb") as f:
+        head = f.read(_SNIFF)
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic) and (magic != b"BM" or b"\x00" in head[:14]):
+            return f"not a text file: {kind}"
+    if b"\x00" in head:
+        return "not a text file: binary data (NUL bytes)"
+    # final=False: a character cut at the end of the sample is not an error.
+    sample = codecs.getincrementaldecoder("utf-8")("replace").decode(head, len(head) < _SNIFF)
+    bad = sample.count("\ufffd")
+    if bad > max(_STRAY_BYTES, len(sample) // 50):  # a stray bad byte is replaced, not fatal
+        return "not a text file: not UTF-8 (binary data or another encoding; convert it to UTF-8)"
+    return None
 
 
 def read_text_sources(

@@ -8,10 +8,14 @@ identity and a generation counter per modality that the vector indexes compare a
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import operator
+import os
+import sqlite3
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    TypeDecorator,
     create_engine,
     delete,
     event,
@@ -34,17 +39,56 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, ExceptionContext
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .config import IndexSettings
-from .errors import CatalogWriteError, IndexCorruptError, IndexNotFoundError, ModelMismatchError
+from .errors import (
+    CatalogWriteError,
+    IndexCorruptError,
+    IndexNotFoundError,
+    ModelMismatchError,
+    StorageError,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Version of the schema this code writes. Bump it and add a migration when it changes.
 SCHEMA_VERSION = 1
+
+
+#: Stored paths that are not valid UTF-8 start with this (an absolute path never does).
+_BYTES_PREFIX = "fsbytes:"
+
+
+class FsText(TypeDecorator[str]):
+    """A file system path (or a text holding one) as TEXT, whatever its bytes.
+
+    Python hands undecodable file names over with lone surrogates (``b"\\xff.png"`` is
+    ``"\\udcff.png"``), which SQLite's UTF-8 cannot hold. Such a value is stored as
+    ``fsbytes:`` + its percent-encoded bytes and read back as the very same str, so the
+    file can be found and opened again; every other value is stored as it is.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        if value is None or value.isascii():
+            return value
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            raw = os.fsencode(value) if os.name != "nt" else value.encode("utf-8", "surrogatepass")
+            return _BYTES_PREFIX + urllib.parse.quote_from_bytes(raw, safe="/:")
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        if value is None or not value.startswith(_BYTES_PREFIX):
+            return value
+        raw = urllib.parse.unquote_to_bytes(value[len(_BYTES_PREFIX) :])
+        return os.fsdecode(raw) if os.name != "nt" else raw.decode("utf-8", "surrogatepass")
 
 
 class Base(DeclarativeBase):
@@ -63,9 +107,9 @@ class Item(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     modality: Mapped[str] = mapped_column(String(8))  # "image" | "text"
-    path: Mapped[str | None] = mapped_column(Text, unique=True)  # images: absolute path
+    path: Mapped[str | None] = mapped_column(FsText, unique=True)  # images: absolute path
     text: Mapped[str | None] = mapped_column(Text)  # texts: the text
-    source: Mapped[str | None] = mapped_column(Text)  # texts: "file.txt:12"
+    source: Mapped[str | None] = mapped_column(FsText)  # texts: "file.txt:12"
     size: Mapped[int | None] = mapped_column(Integer)  # bytes on disk
     mtime_ns: Mapped[int | None] = mapped_column(Integer)
     content_hash: Mapped[str] = mapped_column(String(64))  # blake2b of bytes / of the text
@@ -155,10 +199,70 @@ def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
 
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the indexer
     cursor.execute("PRAGMA synchronous=NORMAL")  # WAL makes this durable enough and fast
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+#: SQLite result codes (``sqlite3.Error.sqlite_errorname``) that mean the disk, not the
+#: data, is the problem, with the errno that says the same.
+_SQLITE_STORAGE = {
+    "SQLITE_FULL": errno.ENOSPC,
+    "SQLITE_READONLY": errno.EROFS,
+    "SQLITE_PERM": errno.EACCES,
+    "SQLITE_CANTOPEN": None,
+    "SQLITE_IOERR": errno.EIO,
+}
+
+
+def _storage_error(path: Path, exc: BaseException) -> StorageError | None:
+    """The StorageError a SQLite error stands for (None if it is not about storage)."""
+    if isinstance(exc, OSError):
+        return StorageError.from_os_error(exc, "writing the catalog", path)
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    for prefix, code in _SQLITE_STORAGE.items():
+        if name.startswith(prefix):
+            action = "opening the catalog" if prefix == "SQLITE_CANTOPEN" else "writing the catalog"
+            reason = "" if code is not None else str(exc)
+            if prefix == "SQLITE_READONLY":
+                reason = "the catalog is read-only"
+            if prefix == "SQLITE_IOERR" and _nearly_full(path):
+                code = errno.ENOSPC  # SQLite reports a full disk mid-write as an I/O error
+            return StorageError(path, action, reason, code)
+    return None
+
+
+def _nearly_full(path: Path) -> bool:
+    """Whether the file system holding ``path`` has (next to) no room left."""
+    try:
+        st = os.statvfs(path.parent)
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
+    return st.f_bavail * st.f_frsize < 256 * 1024
+
+
+def _writable(db: Path) -> bool:
+    """Whether this process may write the catalog and create files beside it."""
+    directory = db.parent
+    if directory.exists() and not os.access(directory, os.W_OK):
+        return False
+    return not db.exists() or os.access(db, os.W_OK)
+
+
+def _read_only_uri(db: Path) -> str:
+    """A SQLite URI that reads ``db`` without writing anything.
+
+    A WAL database needs its ``-shm`` file: where it cannot be created (read-only media)
+    and no ``-wal`` is left over, nothing can change the file, so it is opened immutable.
+    A ``-wal`` left over holds committed transactions: then ``mode=ro`` reads it too.
+    """
+    uri = "file:" + urllib.parse.quote(os.fsencode(db.absolute())) + "?mode=ro"
+    wal = db.with_name(db.name + "-wal")
+    shm = db.with_name(db.name + "-shm")
+    if not wal.exists() and not shm.exists():
+        uri += "&immutable=1"
+    return uri
 
 
 class Catalog:
@@ -167,6 +271,11 @@ class Catalog:
     Args:
         path: the database file.
         create: create it (and its schema) if it does not exist.
+
+    A catalog this process cannot write (read-only media, no permission) is opened
+    read-only (:attr:`read_only`): it answers every read, and a write raises StorageError.
+    Any storage failure (disk full, I/O error) is raised as StorageError; the transaction
+    it hit is rolled back, what was committed before stays.
     """
 
     def __init__(self, path: str | Path, create: bool = True) -> None:
@@ -174,17 +283,37 @@ class Catalog:
         if not self.path.exists() and not create:
             raise IndexNotFoundError(self.path.parent)
         _refuse_empty_file(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(f"sqlite:///{self.path}")
-        event.listen(self.engine, "connect", _set_sqlite_pragmas)
+        self.read_only = self.path.exists() and not _writable(self.path)
+        if self.read_only:
+            uri = _read_only_uri(self.path)
+            self.engine: Engine = create_engine(
+                "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
+            )
+        else:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError.from_os_error(exc, "creating the index directory") from exc
+            self.engine = create_engine(f"sqlite:///{self.path}")
+            event.listen(self.engine, "connect", _set_sqlite_pragmas)
+        event.listen(self.engine, "handle_error", self._handle_error)
         try:
             self._init_schema()
+        except StorageError:
+            self.engine.dispose()
+            raise
         except DatabaseError as exc:
             self.engine.dispose()
             raise IndexCorruptError(f"cannot read catalog {self.path}: {exc}") from exc
         except BaseException:
             self.engine.dispose()
             raise
+
+    def _handle_error(self, context: ExceptionContext) -> None:
+        """Raise a full, read-only or failing disk as StorageError, not as SQL trouble."""
+        error = _storage_error(self.path, context.original_exception)
+        if error is not None:
+            raise error from context.original_exception
 
     # -- lifetime -----------------------------------------------------------------------
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
+import unicodedata
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,6 +77,70 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(func)
 
 
+#: Invisible characters that reorder or hide text on a terminal (bidi overrides).
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def escape(text: str) -> str:
+    """``text`` safe to print as one line: control characters, line separators and bidi
+    overrides are shown as escapes (``\\n``, ``\\t``, ``\\x1b``, ``\\u2028``), the bytes of
+    an undecodable file name as ``\\xff``, and (on POSIX) a backslash as ``\\\\``, so no
+    file name can forge or hide an output line. ``--json`` and ``--print0`` are exact."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(_escape_char(ch) for ch in text)
+
+
+def _escape_char(ch: str) -> str:
+    code = ord(ch)
+    if ch == "\\":
+        return "\\\\" if os.sep != "\\" else ch
+    if ch in _NAMED:
+        return _NAMED[ch]
+    if 0xDC80 <= code <= 0xDCFF:  # a byte of an undecodable file name (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if ch in _BIDI or unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp"):
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return ch
+
+
+def _quiet_c_libraries(ctx: click.Context) -> None:
+    """Under ``-q``: send what C libraries write straight to file descriptor 2 (faiss'
+    k-means warnings, libtiff) to /dev/null, for this command only. Python's stderr stays
+    the real one (a duplicate of fd 2), so errors, and tracebacks with --traceback, show."""
+    try:
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no fd 2 (a daemon): nothing to silence
+        return
+    original = sys.stderr
+    if _fileno(original) == 2:  # Python writes to fd 2 itself: give it the duplicate
+        original.flush()
+        sys.stderr = os.fdopen(
+            os.dup(saved), "w", buffering=1, encoding=original.encoding, errors="backslashreplace"
+        )
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+    def restore() -> None:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        if sys.stderr is not original:
+            sys.stderr.close()
+            sys.stderr = original
+
+    ctx.call_on_close(restore)
+
+
+def _fileno(stream: Any) -> int | None:
+    try:
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 def _progress(enabled: bool) -> Any:
     """A tqdm progress-bar factory writing to stderr, or None when disabled."""
     if not enabled:
@@ -107,6 +174,9 @@ def cli(ctx: click.Context, traceback: bool, verbose: int, quiet: bool) -> None:
     level = (
         logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     )
+    if quiet:  # no warnings: Python's (Pillow's DecompressionBombWarning ...) nor C's
+        warnings.simplefilter("ignore")
+        _quiet_c_libraries(ctx)
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -119,10 +189,24 @@ def _open(
     pretrained: str | None = None,
     device: str | None = None,
     create: bool = True,
+    wait: bool = True,
 ) -> Any:
     from .index import Index
 
-    return Index.open(index_dir, model=model, pretrained=pretrained, device=device, create=create)
+    return Index.open(
+        index_dir,
+        model=model,
+        pretrained=pretrained,
+        device=device,
+        create=create,
+        wait=wait,
+        on_wait=_say_waiting,
+    )
+
+
+def _say_waiting(pid: int | None) -> None:
+    who = f"pid {pid}" if pid else "pid unknown"
+    click.echo(f"waiting for another mmsearch process ({who}) writing this index…", err=True)
 
 
 @cli.command("index")
@@ -161,6 +245,12 @@ def _open(
     type=click.FloatRange(0, 1, min_open=True),
     help="recall@10 that IVF nprobe is tuned to reach [default: 0.95]. Kept.",
 )
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help=f"If another process is writing the index, fail (exit {int(ExitStatus.BUSY)}) "
+    "instead of waiting for it.",
+)
 @model_options
 @index_option
 @json_option
@@ -179,6 +269,7 @@ def index_cmd(
     index_type: str | None,
     memory_budget: str | None,
     recall_target: float | None,
+    no_wait: bool,
     model: str | None,
     pretrained: str | None,
     device: str | None,
@@ -194,7 +285,7 @@ def index_cmd(
     if not paths and not text_files and not reembed and not tuning:
         raise click.UsageError("give image folders/files to index, --texts FILE, or --reembed")
     budget = _parse_budget(memory_budget)
-    with _open(index_dir, model, pretrained, device) as index:
+    with _open(index_dir, model, pretrained, device, wait=not no_wait) as index:
         summary = index.update(
             images=list(paths),
             text_files=list(text_files),
@@ -237,7 +328,7 @@ def _print_summary(summary: Any, as_json: bool) -> None:
     if summary.truncated:
         click.echo(f"{summary.truncated} texts were cut to the model's context length", err=True)
     for item in summary.skipped:
-        click.echo(f"skipped {item.path}: {item.reason}", err=True)
+        click.echo(f"skipped {escape(item.path)}: {escape(item.reason)}", err=True)
 
 
 @cli.command("query")
@@ -262,6 +353,12 @@ def _print_summary(summary: Any, as_json: bool) -> None:
 @click.option("--include-self", is_flag=True, help="Let an indexed query image be its own hit.")
 @click.option("--nprobe", type=click.IntRange(1), help="IVF lists to visit (large indexes).")
 @click.option("--paths-only", is_flag=True, help="Print only paths (or texts), one per line.")
+@click.option(
+    "-0",
+    "--print0",
+    is_flag=True,
+    help="Print only paths (or texts), each ended by a NUL byte, unescaped (for xargs -0).",
+)
 @model_options
 @index_option
 @json_option
@@ -274,13 +371,19 @@ def query_cmd(
     include_self: bool,
     nprobe: int | None,
     paths_only: bool,
+    print0: bool,
     model: str | None,
     pretrained: str | None,
     device: str | None,
     index_dir: Path | None,
     as_json: bool,
 ) -> None:
-    """Search with TEXT or --image; print one hit per line: score, a tab, path or text."""
+    """Search with TEXT or --image; print one hit per line: score, a tab, path or text.
+
+    Control characters in paths and texts are printed escaped (a newline as \\n, a tab as
+    \\t, an undecodable byte as \\xff), so every hit is one line; --json and --print0
+    give them exactly.
+    """
     if text is not None and image is not None:
         raise click.UsageError("give either TEXT or --image, not both")
     if text is None and image is None:
@@ -291,8 +394,16 @@ def query_cmd(
     if as_json:
         click.echo(json.dumps([h.to_dict() for h in hits]))
         return
+    if print0:
+        out = click.get_binary_stream("stdout")
+        for hit in hits:
+            raw = hit.text.encode("utf-8", "surrogateescape") if hit.text is not None else None
+            out.write((raw if raw is not None else os.fsencode(hit.label)) + b"\0")
+        out.flush()
+        return
     for hit in hits:
         label = " ".join(hit.label.split()) if hit.text is not None else hit.label
+        label = escape(label)
         click.echo(label if paths_only else f"{hit.score:.3f}\t{label}")
 
 

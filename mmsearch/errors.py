@@ -7,6 +7,8 @@ attributes rather than only inside the message.
 
 from __future__ import annotations
 
+import errno as _errno
+import os
 from pathlib import Path
 
 
@@ -114,3 +116,65 @@ class ItemNotFoundError(MMSearchError):
 
 class ImageTooLargeError(QueryError):
     """A query image exceeds the size or pixel limits (or trips Pillow's bomb guard)."""
+
+
+#: Plain words for the errnos a full, read-only or forbidden disk gives.
+_ERRNO_WORDS = {
+    _errno.ENOSPC: "no space left on the device",
+    _errno.EDQUOT: "disk quota exceeded",
+    _errno.EROFS: "read-only file system",
+    _errno.EACCES: "permission denied",
+    _errno.EPERM: "operation not permitted",
+    _errno.EIO: "input/output error",
+}
+
+
+class StorageError(MMSearchError):
+    """The index's files cannot be written (or read): disk full, quota, read-only media,
+    permissions, I/O errors. What was committed before stays intact.
+
+    Attributes:
+        path: the file or directory concerned.
+        action: what failed, e.g. "writing the catalog".
+        errno: the OS error number when known (``errno.ENOSPC`` ...), else None.
+        reason: the cause in words.
+    """
+
+    def __init__(
+        self, path: Path | str, action: str, reason: str = "", errno: int | None = None
+    ) -> None:
+        self.path = os.fsdecode(path) if not isinstance(path, str) else path
+        self.action = action
+        self.errno = errno
+        self.reason = (
+            reason
+            or _ERRNO_WORDS.get(errno or 0, "")
+            or (os.strerror(errno) if errno else "I/O error")
+        )
+        super().__init__(f"{action} failed: {self.reason} ({self.path})")
+
+    @classmethod
+    def from_os_error(
+        cls, exc: OSError, action: str, path: Path | str | None = None
+    ) -> StorageError:
+        """A StorageError for an OSError raised while doing ``action``."""
+        where = path if path is not None else (exc.filename or "?")
+        return cls(where, action, errno=exc.errno)
+
+    @property
+    def read_only(self) -> bool:
+        """True when the cause is read-only media or missing write permission."""
+        return self.errno in (_errno.EROFS, _errno.EACCES, _errno.EPERM)
+
+
+class IndexBusyError(MMSearchError):
+    """Another process is writing the index (and the caller chose not to wait)."""
+
+    def __init__(self, path: Path | str, pid: int | None) -> None:
+        self.path = str(path)
+        self.pid = pid
+        who = f"pid {pid}" if pid else "another process"
+        super().__init__(
+            f"another mmsearch process ({who}) is writing the index at {path}; "
+            "try again when it is done (or leave out --no-wait to wait for it)"
+        )

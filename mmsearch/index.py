@@ -9,11 +9,12 @@ with mmsearch.Index.open("~/photos-index") as index:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -37,6 +38,7 @@ from .errors import (
     QueryError,
     QueryRuntimeError,
 )
+from .lock import WriterLock
 from .media import content_hash, draft_size, load_image
 from .models import ModelSpec, model_record, resolve_model, spec_from_record
 from .results import (
@@ -73,6 +75,19 @@ class QueryEncoder(Protocol):
 #: Accepted ``target`` values.
 TARGETS = config.MODALITIES
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _writer(method: F) -> F:
+    """Run ``method`` holding the index's writer lock (one writing process at a time)."""
+
+    @functools.wraps(method)
+    def locked(self: Index, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
+
 
 class Index:
     """An mmsearch index stored in one directory.
@@ -84,12 +99,19 @@ class Index:
         catalog: its open catalog.
         spec: the model requested by the caller, or None to use the index's own.
         device: where to run the model.
+        lock: the writer lock every method that writes holds (default: wait for it).
     """
 
     def __init__(
-        self, path: Path, catalog: Catalog, spec: ModelSpec | None, device: str | None = None
+        self,
+        path: Path,
+        catalog: Catalog,
+        spec: ModelSpec | None,
+        device: str | None = None,
+        lock: WriterLock | None = None,
     ) -> None:
         self.path = path
+        self.lock = lock or WriterLock(path)
         self.catalog = catalog
         self._requested = spec
         self._device = device
@@ -109,6 +131,8 @@ class Index:
         pretrained: str | None = None,
         device: str | None = None,
         create: bool = True,
+        wait: bool = True,
+        on_wait: Callable[[int | None], None] | None = None,
     ) -> Index:
         """Open (or create) the index at ``path``.
 
@@ -119,6 +143,9 @@ class Index:
             pretrained: pretrained tag or checkpoint file for ``model``.
             device: ``cpu``/``cuda``; default CUDA when available.
             create: create the index if it does not exist (else raise IndexNotFoundError).
+            wait: when another process is writing the index, wait for it before writing
+                (else writing raises IndexBusyError). Searching never waits.
+            on_wait: called with the other writer's pid when waiting begins.
         """
         directory = Path(path).expanduser() if path else config.default_index_dir()
         directory = Path(os.path.abspath(directory))
@@ -128,7 +155,13 @@ class Index:
         spec = None
         if model is not None or pretrained is not None:
             spec = resolve_model(model, pretrained)
-        return cls(directory, Catalog(db), spec, device)
+        lock = WriterLock(directory, wait, on_wait)
+        if db.exists():
+            catalog = Catalog(db)
+        else:  # two processes creating one index: the second must find the schema made
+            with lock:
+                catalog = Catalog(db)
+        return cls(directory, catalog, spec, device, lock)
 
     def close(self) -> None:
         self.catalog.close()
@@ -178,6 +211,7 @@ class Index:
 
     # -- adding -------------------------------------------------------------------------
 
+    @_writer
     def add_images(
         self,
         paths: Sequence[str | os.PathLike[str]],
@@ -232,6 +266,7 @@ class Index:
         summary.skipped.extend(Skipped(src, reason) for src, reason in result.skipped)
         return summary
 
+    @_writer
     def _add_text_records(
         self, records: Sequence[TextRecord], progress: ProgressFactory | None
     ) -> RunSummary:
@@ -243,6 +278,7 @@ class Index:
         self._export_after_run()
         return summary
 
+    @_writer
     def reembed(
         self,
         batch_size: int = 64,
@@ -273,6 +309,7 @@ class Index:
         self._export_after_run()
         return summary
 
+    @_writer
     def update(
         self,
         images: Sequence[str | os.PathLike[str]] = (),
@@ -346,6 +383,7 @@ class Index:
         self._vectors[modality] = vi
         return vi
 
+    @_writer
     def configure(
         self,
         index_type: str | None = None,

@@ -8,6 +8,7 @@ import click
 
 from .errors import (
     DependencyError,
+    IndexBusyError,
     IndexCorruptError,
     IndexNotFoundError,
     InputError,
@@ -15,6 +16,7 @@ from .errors import (
     ModelError,
     ModelMismatchError,
     QueryError,
+    StorageError,
 )
 
 
@@ -29,6 +31,8 @@ class ExitStatus(enum.IntEnum):
     INPUT = 5  # a query or input file cannot be used
     DEPENDENCY = 6  # an optional dependency is missing
     CORRUPT = 7  # the catalog is damaged, or `check` found problems it did not repair
+    BUSY = 8  # another process is writing the index (--no-wait)
+    STORAGE = 9  # disk full, read-only or forbidden: the index's files cannot be written
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -40,6 +44,8 @@ _BY_ERROR: tuple[tuple[type[MMSearchError], ExitStatus], ...] = (
     (InputError, ExitStatus.INPUT),
     (DependencyError, ExitStatus.DEPENDENCY),
     (IndexCorruptError, ExitStatus.CORRUPT),
+    (IndexBusyError, ExitStatus.BUSY),
+    (StorageError, ExitStatus.STORAGE),
 )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mmsearch.errors import IndexCorruptError
+from mmsearch.errors import IndexCorruptError, StorageError
 
 from . import integrity
 from .coarse import TWO_LEVEL_MIN_NLIST, clustering_index, two_level_kmeans
@@ -376,8 +376,13 @@ class VectorIndex:
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    """Write ``path`` through a temp file and a rename, so it is the old or the new file,
+    never half of one. A full, read-only or failing disk raises StorageError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise StorageError.from_os_error(exc, f"writing {path.name}", path) from exc
     os.close(fd)
     try:
         write(tmp)
@@ -385,6 +390,13 @@ def _atomic_write(path: Path, write: Any) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise StorageError.from_os_error(exc, f"writing {path.name}", path) from exc
+    except RuntimeError as exc:  # faiss reports a failed write (e.g. disk full) this way
+        Path(tmp).unlink(missing_ok=True)
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise StorageError(path, f"writing {path.name}", f"faiss: {reason}") from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

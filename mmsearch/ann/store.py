@@ -11,12 +11,15 @@ writing the rows above a per-modality high-water mark.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+
+from mmsearch.errors import StorageError
 
 from . import integrity
 
@@ -53,7 +56,10 @@ class EmbeddingStore:
             if self.path.exists() or self.meta_path.exists():
                 self.discarded = problem
                 logger.warning("discarding the embedding store %s: %s", self.path, problem)
-            self.path.unlink(missing_ok=True)
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise StorageError.from_os_error(exc, "resetting the embedding store") from exc
             self._write_meta()
         else:
             self.high_water = {k: int(v) for k, v in meta.get("high_water", {}).items()}
@@ -87,8 +93,12 @@ class EmbeddingStore:
             "catalog_id": self.catalog_id,
             "high_water": self.high_water,
         }
-        tmp.write_text(integrity.seal(meta))
-        os.replace(tmp, self.meta_path)
+        try:
+            tmp.write_text(integrity.seal(meta))
+            os.replace(tmp, self.meta_path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageError.from_os_error(exc, "writing the embedding store", tmp) from exc
 
     @property
     def rows(self) -> int:
@@ -97,19 +107,38 @@ class EmbeddingStore:
 
     def _map(self, min_rows: int = 0) -> np.memmap:
         if min_rows > self.rows:
-            new_rows = max(min_rows, int(self.rows * _GROWTH) + 1024)
-            self._mm = None
-            with open(self.path, "ab") as f:
-                f.truncate(new_rows * 2 * self.dim)
+            self._grow(max(min_rows, int(self.rows * _GROWTH) + 1024))
         if self._mm is None or len(self._mm) != self.rows:
-            self._mm = np.memmap(self.path, dtype="<f2", mode="r+", shape=(self.rows, self.dim))
+            try:
+                self._mm = np.memmap(self.path, dtype="<f2", mode="r+", shape=(self.rows, self.dim))
+            except OSError as exc:  # read-only media or file: reading is all it is for
+                if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise StorageError.from_os_error(exc, "opening the embedding store") from exc
+                self._mm = np.memmap(self.path, dtype="<f2", mode="r", shape=(self.rows, self.dim))
         return self._mm
+
+    def _grow(self, rows: int) -> None:
+        """Make room for ``rows`` rows. The blocks are allocated now (posix_fallocate):
+        writing into a sparse memory map on a full disk kills the process with SIGBUS,
+        where an allocation fails with ENOSPC that can be reported."""
+        self._mm = None
+        size = rows * 2 * self.dim
+        try:
+            with open(self.path, "ab") as f:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(f.fileno(), 0, size)
+                else:  # pragma: no cover - no fallocate (macOS, Windows)
+                    f.truncate(size)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, "growing the embedding store", self.path) from exc
 
     def write(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Store rows (ids must be ≥ 0)."""
         if len(ids) == 0:
             return
         mm = self._map(int(ids.max()) + 1)
+        if not mm.flags.writeable:
+            raise StorageError(self.path, "writing the embedding store", "the file is read-only")
         if _is_run(ids):
             first = int(ids[0])
             mm[first : first + len(ids)] = vectors  # a contiguous run: one slice write
@@ -156,14 +185,46 @@ class EmbeddingStore:
         return self.high_water.get(modality, -1)
 
     def flush(self) -> None:
-        if self._mm is not None:
+        if self._mm is not None and self._mm.flags.writeable:
             self._mm.flush()
         self._write_meta()
 
     def close(self) -> None:
-        if self._mm is not None:
+        if self._mm is not None and self._mm.flags.writeable:
             self._mm.flush()
         self._mm = None
+
+
+class MemoryStore(EmbeddingStore):
+    """An embedding store in RAM, for when the store file cannot be written (disk full,
+    read-only index): the same interface, filled from the catalog, gone on exit."""
+
+    def __init__(self, dim: int, model: str, path: Path | None = None) -> None:
+        self.path = Path(path or "(memory)")
+        self.meta_path = self.path
+        self.dim, self.model = dim, model
+        self.catalog_id = ""
+        self.discarded: str | None = None
+        self.high_water = {}
+        self._mm = np.zeros((0, dim), dtype="<f2")  # type: ignore[assignment]
+
+    @property
+    def rows(self) -> int:
+        return len(self._mm) if self._mm is not None else 0
+
+    def _map(self, min_rows: int = 0) -> np.memmap:
+        assert self._mm is not None
+        if min_rows > len(self._mm):
+            grown = np.zeros((max(min_rows, int(len(self._mm) * _GROWTH) + 1024), self.dim), "<f2")
+            grown[: len(self._mm)] = self._mm
+            self._mm = grown  # type: ignore[assignment]
+        return self._mm
+
+    def flush(self) -> None:
+        """Nothing to save."""
+
+    def close(self) -> None:
+        """Nothing to save."""
 
 
 def _is_run(ids: np.ndarray) -> bool:

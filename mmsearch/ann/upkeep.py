@@ -19,13 +19,13 @@ import numpy as np
 
 from mmsearch import config
 from mmsearch.config import DEFAULT_RECALL_TARGET, IndexSettings
-from mmsearch.errors import IndexCorruptError, MMSearchError
+from mmsearch.errors import IndexCorruptError, MMSearchError, StorageError
 from mmsearch.results import CheckProblem
 
 from .faiss_index import VectorIndex
 from .policy import IndexSpec, choose_spec, needs_retrain
 from .query import Fetch
-from .store import EmbeddingStore
+from .store import EmbeddingStore, MemoryStore
 from .tuning import TuningSet, exact_topk, tune_search
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class Upkeep:
     def __init__(self, directory: Path, catalog: CatalogView, model: str, dim: int) -> None:
         self.directory, self.catalog, self.model, self.dim = directory, catalog, model, dim
         self.catalog_id = catalog.catalog_id
+        self.in_memory = False  # True once derived files could not be written
         #: Modalities whose index must be rebuilt: the store they were built from was
         #: found damaged, so their vectors may be too.
         self.suspect: set[str] = set()
@@ -103,12 +104,21 @@ class Upkeep:
             self.repair_store(problem)
 
     def _open_store(self) -> EmbeddingStore:
-        store = EmbeddingStore(
-            self.directory / config.STORE_FILE, self.dim, self.model, self.catalog_id
-        )
+        try:
+            store = EmbeddingStore(
+                self.directory / config.STORE_FILE, self.dim, self.model, self.catalog_id
+            )
+        except StorageError as exc:
+            return self._to_memory(exc)
         if store.discarded is not None:
             self.suspect.update(config.MODALITIES)
         return store
+
+    def _to_memory(self, exc: StorageError) -> EmbeddingStore:
+        """Carry on in RAM when derived files cannot be written: queries stay answered
+        from the catalog, which is the truth. Said once per process."""
+        self._warn_once(exc)
+        return MemoryStore(self.dim, self.model, self.directory / config.STORE_FILE)
 
     def paths(self, modality: str) -> tuple[Path, Path]:
         return (
@@ -195,7 +205,19 @@ class Upkeep:
             )
         return rows
 
+    def _warn_once(self, exc: StorageError) -> None:
+        if not self.in_memory:
+            logger.warning("%s; the vector index is kept in memory for now", exc)
+            self.in_memory = True
+
     def catch_up_store(self, modality: str) -> int:
+        try:
+            return self._catch_up(modality)
+        except StorageError as exc:  # rows may be half-written: start again in RAM
+            self.store = self._to_memory(exc)
+            return self._catch_up(modality)
+
+    def _catch_up(self, modality: str) -> int:
         batches = self.catalog.iter_embeddings(modality, self.dim, after=self.store.mark(modality))
         return self.store.catch_up(modality, batches)
 
@@ -263,7 +285,11 @@ class Upkeep:
             logger.info("%s index topped up: +%d −%d", modality, added, removed)
         vi.manifest.generation = generation
         vi.manifest.catalog_id = self.catalog_id
-        vi.save(index_file, manifest_file)
+        if not self.in_memory:
+            try:
+                vi.save(index_file, manifest_file)
+            except StorageError as exc:  # the index in hand is right; only saving failed
+                self._warn_once(exc)
         return vi
 
     def _build_fetch(self, modality: str) -> Fetch:
