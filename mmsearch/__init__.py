@@ -41,6 +41,7 @@ def __getattr__(name: str) -> Any:
         return Index
     raise AttributeError(f"module 'mmsearch' has no attribute {name!r}")
 
+
 __all__ = [
     "DependencyError",
     "Hit",
