@@ -92,3 +92,45 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, int]]:
     monkeypatch.setattr(faiss.extra_wrappers, "get_num_gpus", lambda: 1)
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_all_gpus)
     return moved
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_make_shapes():  # type: ignore[no-untyped-def]
+    """The ``data/make_shapes.py`` module (data/ holds scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_shapes", ROOT / "data" / "make_shapes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def shapes_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The README's fine-tuning demo, run once per test session: the tiny random model
+    fine-tuned on 4,000 generated shape pairs (seed 0) with ``--epochs 9 --lr 2e-3
+    --warmup 0.3`` (about a minute on 2 idle cores). Returns ``(model_dir, result)``, the
+    :class:`~mmsearch.finetune.FinetuneResult` with recall before and after.
+
+    ``MMSEARCH_TEST_SHAPES_MODEL=DIR`` reuses a model a previous session saved with this
+    recipe (``result`` is then None) — a development shortcut, never set in CI."""
+    from mmsearch.finetune import FinetuneConfig, finetune
+
+    cached = os.environ.get("MMSEARCH_TEST_SHAPES_MODEL")
+    if cached:
+        return Path(cached), None
+    tmp = tmp_path_factory.mktemp("shapes")
+    pairs = load_make_shapes().make_shapes(
+        tmp / "shapes", n=4000, seed=0, kinds={"single": 0.5, "count": 0.25, "pair": 0.25}
+    )
+    out = tmp / "tuned"
+    result = finetune(
+        pairs,
+        out,
+        model=TINY,
+        device="cpu",
+        config=FinetuneConfig(epochs=9, batch_size=128, lr=2e-3, warmup=0.3),
+    )
+    return out, result
