@@ -326,10 +326,9 @@ def query_cmd(
         raise click.UsageError("give either TEXT or --image, not both")
     if text is None and image is None and not add and not sub:
         raise click.UsageError("give a TEXT query, --image PATH or --add TERM")
-    query = Query.parse(text, add, sub)
-    if image is not None:
-        query = Query((Term("image", str(image)), *query.terms))
-    query = query.with_filters(_filters(Filters, filter_args))
+    main = Term("image", str(image)) if image is not None else None
+    terms = Query.parse(text, add, sub).terms if (text is not None or add or sub) else ()
+    query = Query((main, *terms) if main else terms, _filters(Filters, filter_args))
     with _open(index_dir, model, pretrained, device, create=False) as index:
         hits = index.search(query, k=k, target=target, include_self=include_self, nprobe=nprobe)
     if as_json:

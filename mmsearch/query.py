@@ -55,7 +55,7 @@ class Term:
         if self.kind not in TERM_KINDS:
             raise QueryError(f"unknown term kind {self.kind!r}: use one of {TERM_KINDS}")
         if not self.value.strip():
-            raise QueryError(f"empty {self.kind} term")
+            raise QueryError(f"empty query: a {self.kind} term with nothing in it")
         if self.kind == "item" and not self.value.strip().isdigit():
             raise QueryError(f"id:{self.value} is not an item id (a whole number)")
 
