@@ -41,7 +41,6 @@ def __getattr__(name: str) -> Any:
         return Index
     raise AttributeError(f"module 'mmsearch' has no attribute {name!r}")
 
-
 __all__ = [
     "DependencyError",
     "Hit",

@@ -156,6 +156,7 @@ class Tuning:
         return min(self.recall.values()) >= aim
 
 
+
 #: Re-rank factors tried, as multiples of the spec's: coarse PQ orders candidates of
 #: out-of-distribution (text) queries badly, and past some nprobe only a deeper re-rank
 #: raises recall (measured: PQ64 at 100k, text queries plateau at 0.90 with ×10, reach
