@@ -19,7 +19,7 @@ from indexer.common import DEFAULT_BATCH, EncoderLike, load_encoder
 from indexer.scan import FileEntry, KnownFile, plan_changes, scan
 from mmsearch.catalog import Catalog, ItemRecord
 from mmsearch.errors import InputError
-from mmsearch.media import content_hash, draft_size, load_many
+from mmsearch.media import content_hash, date_taken, draft_size, load_many
 from mmsearch.results import ProgressFactory, RunSummary, Skipped, no_progress
 
 logger = logging.getLogger(__name__)
@@ -116,8 +116,31 @@ def index_images(
 
     gone = [k.id for k in plan.gone]
     summary.removed += catalog.remove(gone) if gone else 0
+    backfill_dates(catalog, workers)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def backfill_dates(catalog: Catalog, workers: int) -> int:
+    """Read the capture date of every image whose date is unknown (indexed before schema
+    v2, or stored by reusing another item's embedding) from its file's header — no pixels
+    decoded, nothing encoded. Files that cannot be read keep no date. Returns how many
+    were dated."""
+    undated = catalog.undated_images()
+    if not undated:
+        return 0
+
+    def one(rec: ItemRecord) -> tuple[int, float | None]:
+        try:
+            return rec.id, date_taken(rec.path or "")
+        except InputError:
+            return rec.id, None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        dates = [(i, t) for i, t in pool.map(one, undated) if t is not None]
+    catalog.set_dates(dates)
+    logger.info("read the capture date of %d of %d undated images", len(dates), len(undated))
+    return len(dates)
 
 
 def _reuse_stored(
@@ -231,6 +254,7 @@ def _commit_batch(
                 **_file_row(job.entry, job.digest),
                 "width": loaded.width,
                 "height": loaded.height,
+                "taken_at": loaded.taken if loaded.taken is not None else job.entry.mtime_ns / 1e9,
                 "embedding": vec,
             }
         )

@@ -36,9 +36,11 @@ from sqlalchemy import (
     event,
     func,
     inspect,
+    or_,
     select,
     update,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Engine, ExceptionContext
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -51,11 +53,12 @@ from .errors import (
     ModelMismatchError,
     StorageError,
 )
+from .query import Filters
 
 logger = logging.getLogger(__name__)
 
 #: Version of the schema this code writes. Bump it and add a migration when it changes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 #: Stored paths that are not valid UTF-8 start with this (an absolute path never does).
@@ -117,6 +120,20 @@ class Item(Base):
     height: Mapped[int | None] = mapped_column(Integer)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float16, little endian
     added_at: Mapped[float] = mapped_column(Float)
+    # images (v2): EXIF DateTimeOriginal, else the file's mtime, in seconds since the
+    # epoch; NULL until read (an index built by v1 is back-filled by the next run).
+    taken_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Tag(Base):
+    """A label the zero-shot tagger gave an item, with its probability (v2)."""
+
+    __tablename__ = "tags"
+    __table_args__ = (Index("ix_tags_tag", "tag"),)
+
+    item_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tag: Mapped[str] = mapped_column(Text, primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
 
 
 class Meta(Base):
@@ -164,10 +181,20 @@ class ItemRecord:
     content_hash: str
     width: int | None
     height: int | None
+    taken_at: float | None = None  # v2: capture date (seconds since the epoch)
+
+
+def _v1_to_v2(s: Session) -> None:
+    """Capture dates (``items.taken_at``, NULL: back-filled by the next index run) and the
+    ``tags`` table (``create_all`` made it already; kept here so the step is complete)."""
+    columns = {c["name"] for c in inspect(s.connection()).get_columns("items")}
+    if "taken_at" not in columns:
+        s.execute(sql_text("ALTER TABLE items ADD COLUMN taken_at FLOAT"))
+    Tag.__table__.create(s.connection(), checkfirst=True)
 
 
 #: Migrations: version N → N+1, run in order inside one transaction.
-MIGRATIONS: dict[int, Callable[[Session], None]] = {}
+MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _v1_to_v2}
 
 
 def _record(item: Item) -> ItemRecord:
@@ -182,6 +209,7 @@ def _record(item: Item) -> ItemRecord:
         item.content_hash,
         item.width,
         item.height,
+        item.taken_at,
     )
 
 
@@ -567,6 +595,7 @@ class Catalog:
                 modalities.update(s.scalars(select(Item.modality).where(Item.id.in_(chunk))))
             for chunk in _chunks(removed, 500):
                 s.execute(delete(Item).where(Item.id.in_(chunk)))
+                s.execute(delete(Tag).where(Tag.item_id.in_(chunk)))
             for item_id, values in changes:
                 result = s.execute(
                     update(Item).where(Item.id == item_id).values(**_prepare(values))
@@ -605,6 +634,82 @@ class Catalog:
     def replace_embeddings(self, changes: Sequence[tuple[int, np.ndarray]]) -> None:
         """Store new embeddings for existing items (re-embedding with another model)."""
         self.update_many([(i, {"embedding": v}) for i, v in changes])
+
+    # -- filters, dates, tags (schema v2) ----------------------------------------------
+
+    def filter_ids(self, modality: str, filters: Filters) -> np.ndarray:
+        """Sorted ids of ``modality``'s items that pass ``filters`` (min_score aside)."""
+        stmt = select(Item.id).where(Item.modality == modality)
+        glob = filters.glob()
+        if glob:
+            stmt = stmt.where(Item.path.op("GLOB")(glob))
+        exts = filters.normalised_extensions()
+        if exts:
+            lower = func.lower(Item.path)
+            stmt = stmt.where(or_(*(lower.like(f"%{e}") for e in exts)))
+        if filters.after is not None:
+            stmt = stmt.where(Item.taken_at >= filters.after)
+        if filters.before is not None:
+            stmt = stmt.where(Item.taken_at < filters.before)
+        if filters.min_width:
+            stmt = stmt.where(Item.width >= filters.min_width)
+        if filters.min_height:
+            stmt = stmt.where(Item.height >= filters.min_height)
+        for tag in filters.tags:
+            stmt = stmt.where(Item.id.in_(select(Tag.item_id).where(Tag.tag == tag)))
+        with self.session() as s:
+            return np.fromiter(s.scalars(stmt.order_by(Item.id)), dtype=np.int64)
+
+    def undated_images(self) -> list[ItemRecord]:
+        """Images whose capture date was never read (e.g. indexed by schema v1)."""
+        with self.session() as s:
+            stmt = select(Item).where(Item.modality == "image", Item.taken_at.is_(None))
+            return [_record(i) for i in s.scalars(stmt.order_by(Item.id))]
+
+    def set_dates(self, dates: Sequence[tuple[int, float]]) -> None:
+        """Record capture dates; not a content change, so no generation is bumped."""
+        with self.session() as s, s.begin():
+            for item_id, taken in dates:
+                s.execute(update(Item).where(Item.id == item_id).values(taken_at=taken))
+
+    def dates(self, ids: Iterable[int]) -> dict[int, float | None]:
+        wanted = [int(i) for i in ids]
+        out: dict[int, float | None] = {}
+        with self.session() as s:
+            for chunk in _chunks(wanted, 500):
+                out.update(s.execute(select(Item.id, Item.taken_at).where(Item.id.in_(chunk))))
+        return out
+
+    def replace_tags(
+        self, rows: Sequence[tuple[int, str, float]], clear: Iterable[int] | None = None
+    ) -> None:
+        """Store (item, tag, score) rows after deleting the tags of ``clear`` (item ids;
+        None: every tag) — one transaction."""
+        with self.session() as s, s.begin():
+            if clear is None:
+                s.execute(delete(Tag))
+            else:
+                for chunk in _chunks([int(i) for i in clear], 500):
+                    s.execute(delete(Tag).where(Tag.item_id.in_(chunk)))
+            s.add_all(Tag(item_id=i, tag=t, score=sc) for i, t, sc in rows)
+
+    def tags_of(self, ids: Iterable[int]) -> dict[int, list[tuple[str, float]]]:
+        """Each item's tags with their scores, best first (items without tags are absent)."""
+        wanted = [int(i) for i in ids]
+        out: dict[int, list[tuple[str, float]]] = {}
+        with self.session() as s:
+            for chunk in _chunks(wanted, 500):
+                stmt = select(Tag.item_id, Tag.tag, Tag.score).where(Tag.item_id.in_(chunk))
+                for item_id, tag, score in s.execute(stmt.order_by(Tag.score.desc())):
+                    out.setdefault(item_id, []).append((tag, score))
+        return out
+
+    def tag_counts(self) -> dict[str, int]:
+        """Items per tag, most frequent first."""
+        stmt = select(Tag.tag, func.count()).group_by(Tag.tag)
+        with self.session() as s:
+            rows = s.execute(stmt).all()
+        return dict(sorted(((t, int(n)) for t, n in rows), key=lambda r: (-r[1], r[0])))
 
 
 def _prepare(values: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import click
 
 from . import config
 from .errors import MMSearchError
+from .query import Filters, Query, Term
 from .server.command import serve_cmd
 from .status import ExitStatus, MMSearchException
 
@@ -331,9 +332,30 @@ def _print_summary(summary: Any, as_json: bool) -> None:
         click.echo(f"skipped {escape(item.path)}: {escape(item.reason)}", err=True)
 
 
+def filter_options(func: F) -> F:
+    """The query filters: path, extension, date, size, tag, score."""
+    options = [
+        click.option("--path", "path_glob", metavar="GLOB", help="Only paths matching GLOB."),
+        click.option("--ext", "extensions", multiple=True, help="Only this extension. Repeatable."),
+        click.option("--after", metavar="DATE", help="Taken on/after DATE (YYYY-MM-DD[THH:MM])."),
+        click.option("--before", metavar="DATE", help="Taken before DATE."),
+        click.option("--min-width", type=click.IntRange(1), help="At least this many pixels wide."),
+        click.option("--min-height", type=click.IntRange(1), help="At least this tall (pixels)."),
+        click.option("--tag", "tags", multiple=True, help="Only items with this tag. Repeatable."),
+        click.option("--min-score", type=float, help="Drop hits scoring below this."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @cli.command("query")
 @click.argument("text", required=False)
 @click.option("--image", "image", type=click.Path(path_type=Path), help="Query with this image.")
+@click.option(
+    "--add", "add", multiple=True, metavar="TERM", help="Add a term (text, img:PATH, id:N, W:…)."
+)
+@click.option("--sub", "sub", multiple=True, metavar="TERM", help="Subtract a term. Repeatable.")
 @click.option(
     "--target",
     type=click.Choice(["image", "text"]),
@@ -359,6 +381,7 @@ def _print_summary(summary: Any, as_json: bool) -> None:
     is_flag=True,
     help="Print only paths (or texts), each ended by a NUL byte, unescaped (for xargs -0).",
 )
+@filter_options
 @model_options
 @index_option
 @json_option
@@ -366,6 +389,8 @@ def _print_summary(summary: Any, as_json: bool) -> None:
 def query_cmd(
     text: str | None,
     image: Path | None,
+    add: tuple[str, ...],
+    sub: tuple[str, ...],
     target: str,
     k: int,
     include_self: bool,
@@ -377,22 +402,31 @@ def query_cmd(
     device: str | None,
     index_dir: Path | None,
     as_json: bool,
+    **filter_args: Any,
 ) -> None:
-    """Search with TEXT or --image; print one hit per line: score, a tab, path or text.
+    """Search with TEXT, --image and --add/--sub terms; print one hit per line: score, a
+    tab, path or text.
 
-    Control characters in paths and texts are printed escaped (a newline as \\n, a tab as
-    \\t, an undecodable byte as \\xff), so every hit is one line; --json and --print0
-    give them exactly.
+    \b
+    A term is a text, img:PATH (or an existing file), or id:N (an indexed item); a
+    weight may lead it: 2:dog, -0.5:grass. text:… or a leading backslash makes the rest
+    a literal text. The weighted sum of the terms is what is searched for.
+
+    Control characters in paths and texts are printed escaped (a newline as \\n, a tab
+    as \\t, an undecodable byte as \\xff), so every hit is one line; --json and
+    --print0 give them exactly.
     """
     if text is not None and image is not None:
         raise click.UsageError("give either TEXT or --image, not both")
-    if text is None and image is None:
-        raise click.UsageError("give a TEXT query or --image PATH")
-    query: Any = image if image is not None else text
+    if text is None and image is None and not add and not sub:
+        raise click.UsageError("give a TEXT query, --image PATH or --add TERM")
+    main = Term("image", str(image)) if image is not None else None
+    terms = Query.parse(text, add, sub).terms if (text is not None or add or sub) else ()
+    query = Query((main, *terms) if main else terms, _filters(Filters, filter_args))
     with _open(index_dir, model, pretrained, device, create=False) as index:
         hits = index.search(query, k=k, target=target, include_self=include_self, nprobe=nprobe)
     if as_json:
-        click.echo(json.dumps([h.to_dict() for h in hits]))
+        click.echo(json.dumps({"query": query.to_dict(), "hits": [h.to_dict() for h in hits]}))
         return
     if print0:
         out = click.get_binary_stream("stdout")
@@ -405,6 +439,142 @@ def query_cmd(
         label = " ".join(hit.label.split()) if hit.text is not None else hit.label
         label = escape(label)
         click.echo(label if paths_only else f"{hit.score:.3f}\t{label}")
+
+
+def _filters(filters_cls: Any, args: dict[str, Any]) -> Any:
+    """The Filters of the query command's filter options (dates parsed)."""
+    from .query import parse_date
+
+    values = dict(args)
+    for key in ("after", "before"):
+        if values.get(key) is not None:
+            try:
+                values[key] = parse_date(values[key])
+            except MMSearchError as exc:
+                raise click.BadParameter(str(exc), param_hint=f"--{key}") from exc
+    values["extensions"] = tuple(values.get("extensions") or ())
+    values["tags"] = tuple(values.get("tags") or ())
+    return filters_cls(**values)
+
+
+def _labels(labels: str | None, labels_file: Path | None, default: bool) -> list[str]:
+    from .zeroshot import default_vocabulary, parse_labels, read_labels
+
+    if labels and labels_file:
+        raise click.UsageError("give --labels or --labels-file, not both")
+    if labels:
+        return parse_labels(labels)
+    if labels_file:
+        return read_labels(labels_file)
+    if default:
+        return default_vocabulary()
+    raise click.UsageError("give --labels 'cat,dog,car' or --labels-file FILE")
+
+
+def label_options(func: F) -> F:
+    func = click.option(
+        "--template",
+        "templates",
+        multiple=True,
+        help='Prompt template, {} = the label [default: "a photo of a {}."]. Repeatable: '
+        "the prompts' embeddings are averaged.",
+    )(func)
+    func = click.option(
+        "--labels-file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Labels, one per line (# comments).",
+    )(func)
+    return func
+
+
+@cli.command("classify")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--labels", help='Comma-separated labels, e.g. "cat,dog,car".')
+@label_options
+@click.option("-n", "--show", default=3, show_default=True, type=click.IntRange(1),
+              help="Labels printed per image (--json prints all).")  # fmt: skip
+@model_options
+@index_option
+@json_option
+@handle_errors
+def classify_cmd(
+    images: tuple[Path, ...],
+    labels: str | None,
+    labels_file: Path | None,
+    templates: tuple[str, ...],
+    show: int,
+    model: str | None,
+    pretrained: str | None,
+    device: str | None,
+    index_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Zero-shot: each image's probability for each label (softmax over the labels).
+
+    Uses --model, else the index's model.
+    """
+    from .zeroshot import classify
+
+    names = _labels(labels, labels_file, default=False)
+    if model is not None:
+        from .encoder import Encoder  # torch: only a command that runs a model imports it
+
+        results = classify(Encoder.load(model, pretrained, device), images, names, templates)
+    else:
+        with _open(index_dir, model, pretrained, device, create=False) as index:
+            results = index.classify(images, names, templates or ())
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in results]))
+        return
+    for r in results:
+        if r.error:
+            click.echo(f"skipped {r.source}: {r.error}", err=True)
+            continue
+        best = list(r.scores.items())[:show]
+        click.echo(r.source + "\t" + "\t".join(f"{name} {p:.3f}" for name, p in best))
+
+
+@cli.command("tag")
+@label_options
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Least probability a tag needs [default: 0.1].")  # fmt: skip
+@click.option("--top", type=click.IntRange(1), default=None, help="Most tags per image [3].")
+@model_options
+@index_option
+@json_option
+@handle_errors
+def tag_cmd(
+    labels_file: Path | None,
+    templates: tuple[str, ...],
+    threshold: float | None,
+    top: int | None,
+    model: str | None,
+    pretrained: str | None,
+    device: str | None,
+    index_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Tag every indexed image with labels of a vocabulary (default: a built-in list of
+    everyday subjects). Incremental: only new images are scored, unless the vocabulary or
+    settings changed; scoring uses stored embeddings, so no image is read again."""
+    from .zeroshot import DEFAULT_THRESHOLD, DEFAULT_TOP
+
+    names = _labels(None, labels_file, default=True)
+    with _open(index_dir, model, pretrained, device, create=False) as index:
+        summary = index.tag(
+            names,
+            templates or (),
+            threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+            top=top or DEFAULT_TOP,
+        )
+    if as_json:
+        click.echo(json.dumps(summary.to_dict()))
+        return
+    click.echo(
+        f"vocabulary {summary.vocabulary} labels, scored {summary.scored} images"
+        f"{' (all: the vocabulary or settings changed)' if summary.rescored_all else ''}, "
+        f"tagged {summary.tagged} with {summary.tags} tags in {summary.seconds:.1f}s"
+    )
 
 
 @cli.command("info")
@@ -436,6 +606,10 @@ def info_cmd(index_dir: Path | None, as_json: bool) -> None:
                 f"re-rank x{tuned.rerank_factor}"
                 + (f", tuned recall@10 {tuned.recall}" if tuned.recall is not None else "")
             )
+    if info.tags:
+        shown = ", ".join(f"{t} {n}" for t, n in list(info.tags.items())[:20])
+        more = f", … ({len(info.tags)} tags)" if len(info.tags) > 20 else ""
+        click.echo(f"tags:     {shown}{more}")
 
 
 @cli.command("export-model")

@@ -190,6 +190,13 @@ class Encoder:
         return self.count_tokens(text) > self.context_length
 
     @property
+    def logit_scale(self) -> float:
+        """The model's learned temperature, ``exp(logit_scale)``: cosine similarities times
+        this are the logits of its contrastive softmax (100 for CLIP; 1/0.07 at init)."""
+        scale = getattr(self.model, "logit_scale", None)
+        return float(scale.detach().exp()) if scale is not None else 100.0
+
+    @property
     def image_size(self) -> int:
         """The side, in pixels, of the square the image tower sees."""
         size = self.preprocess_cfg().get("size", 224)

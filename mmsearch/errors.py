@@ -106,7 +106,7 @@ class QueryRuntimeError(MMSearchError):
         super().__init__(f"query runtime {path} cannot be used: {reason}")
 
 
-class ItemNotFoundError(MMSearchError):
+class ItemNotFoundError(QueryError):
     """No item with the given id is in the catalog (never was, or was removed)."""
 
     def __init__(self, item_id: int) -> None:

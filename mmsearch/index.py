@@ -41,19 +41,24 @@ from .errors import (
 from .lock import WriterLock
 from .media import content_hash, draft_size, load_image
 from .models import ModelSpec, model_record, resolve_model, spec_from_record
+from .query import Filters, Query, Term
 from .results import (
     CheckProblem,
     CheckReport,
+    Classification,
     Hit,
     IndexInfo,
     ProgressFactory,
     QueryTuning,
     RunSummary,
     Skipped,
+    TagSummary,
     VectorInfo,
 )
 from .runtime import QueryRuntime
-from .search import search_vector
+from .search import combine, search_filtered
+from .zeroshot import DEFAULT_TEMPLATES, DEFAULT_THRESHOLD, DEFAULT_TOP, tag_library
+from .zeroshot import classify as classify_images
 
 if TYPE_CHECKING:  # the encoder (torch) is imported only when a model must run
     from .encoder import Encoder
@@ -434,25 +439,64 @@ class Index:
 
     def search(
         self,
-        query: str | Image.Image | os.PathLike[str],
+        query: str | Image.Image | os.PathLike[str] | Query,
         k: int = 10,
         target: str | None = None,
         include_self: bool = False,
         nprobe: int | None = None,
+        filters: Filters | None = None,
     ) -> list[Hit]:
         """Search the index.
 
         Args:
-            query: a text (str), a PIL image, or the path of an image file (a
-                :class:`pathlib.Path`; use ``Path`` so a text is never taken for a file).
+            query: a text (str), a PIL image, the path of an image file (a
+                :class:`pathlib.Path`; use ``Path`` so a text is never taken for a file),
+                or a :class:`~mmsearch.query.Query` (weighted terms and filters).
             k: number of hits.
             target: ``"image"`` or ``"text"``: which items to return (default: images).
             include_self: for an image query that is itself indexed, allow it as a hit.
             nprobe: IVF lists to visit (compressed indexes only).
+            filters: conditions on the hits (they add to a Query's own).
 
         Returns:
             Hits, best first.
         """
+        if isinstance(query, Query):
+            merged = _merge(query.filters, filters)
+            return self.search_terms(query.terms, k, target, include_self, nprobe, merged)
+        target, ready = self._check_search(target, k)
+        if not ready:
+            return []
+        vector, self_id = self._query_vector(query)
+        exclude = {self_id} if self_id is not None and not include_self else set()
+        modality = "text" if isinstance(query, str) else "image"
+        return self._search_vector(vector, k, target, exclude, nprobe, modality, filters)
+
+    def search_terms(
+        self,
+        terms: Sequence[Term],
+        k: int = 10,
+        target: str | None = None,
+        include_self: bool = False,
+        nprobe: int | None = None,
+        filters: Filters | None = None,
+    ) -> list[Hit]:
+        """Search with a weighted sum of terms (texts, image files, indexed items): the
+        normalised sum of their unit vectors times their weights. Items given as positive
+        terms are not returned unless ``include_self``. See :meth:`search` for the rest."""
+        target, ready = self._check_search(target, k)
+        if not terms:
+            raise QueryError("empty query: give a text, an image or an item")
+        if not ready:
+            return []
+        vectors, exclude, modalities = self._term_vectors(terms)
+        vector = combine(vectors, [t.weight for t in terms])
+        modality = "text" if "text" in modalities else "image"
+        exclude = set() if include_self else exclude
+        return self._search_vector(vector, k, target, exclude, nprobe, modality, filters)
+
+    def _check_search(self, target: str | None, k: int) -> tuple[str, bool]:
+        """The target to search, and whether there is anything to search at all."""
         target = target or "image"
         if target not in TARGETS:
             raise QueryError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
@@ -460,23 +504,34 @@ class Index:
             raise QueryError("k must be at least 1")
         self._check_reembed_done()
         if self.model_info is None:
-            return []
+            return target, False
         self._spec()  # a mismatched model is refused before anything is encoded
-        vector, self_id = self._query_vector(query)
-        exclude = {self_id} if self_id is not None and not include_self else set()
+        return target, True
+
+    def _search_vector(
+        self,
+        vector: np.ndarray,
+        k: int,
+        target: str,
+        exclude: set[int],
+        nprobe: int | None,
+        query_modality: str,
+        filters: Filters | None,
+    ) -> list[Hit]:
         vi = self.vectors(target)
         keeper = self._upkeep()
-        if keeper is None:  # cannot happen: model_info was checked above
+        if keeper is None:  # cannot happen: model_info was checked by the caller
             return []
-        return search_vector(
+        return search_filtered(
             self.catalog,
             vi,
             vector,
             k,
             keeper.fetch,
+            filters or Filters(),
             exclude=exclude,
             nprobe=nprobe,
-            query_modality="text" if isinstance(query, str) else "image",
+            query_modality=query_modality,
         )
 
     def item(self, item_id: int) -> ItemRecord:
@@ -491,7 +546,12 @@ class Index:
         return record
 
     def search_item(
-        self, item_id: int, k: int = 10, target: str | None = None, nprobe: int | None = None
+        self,
+        item_id: int,
+        k: int = 10,
+        target: str | None = None,
+        nprobe: int | None = None,
+        filters: Filters | None = None,
     ) -> list[Hit]:
         """Items like an indexed item ("more like this"), the item itself left out. Its
         stored embedding is the query: no model is loaded.
@@ -499,32 +559,50 @@ class Index:
         Raises:
             ItemNotFoundError: no item has that id.
         """
-        target = target or "image"
-        if target not in TARGETS:
-            raise QueryError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
-        if k < 1:
-            raise QueryError("k must be at least 1")
-        self._check_reembed_done()
-        record = self.item(item_id)
-        if self.model_info is None:
+        target, ready = self._check_search(target, k)
+        self.item(item_id)  # ItemNotFoundError before anything else
+        if not ready:
             return []
+        vector, modality = self._item_vector(item_id)
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)  # float16 → unit
+        return self._search_vector(vector, k, target, {item_id}, nprobe, modality, filters)
+
+    def _term_vectors(self, terms: Sequence[Term]) -> tuple[np.ndarray, set[int], set[str]]:
+        """Unit vectors of the terms (texts encoded together), the ids of indexed items
+        among the positive terms, and the modalities the terms come from."""
+        rows: list[np.ndarray | None] = [None] * len(terms)
+        exclude: set[int] = set()
+        modalities: set[str] = set()
+        texts = [n for n, t in enumerate(terms) if t.kind == "text"]
+        if texts:
+            encoded = self._encode_query("text", [terms[n].value for n in texts])
+            for n, vec in zip(texts, encoded, strict=True):
+                rows[n] = vec
+            modalities.add("text")
+        for n, term in enumerate(terms):
+            item_id: int | None = None
+            if term.kind == "image":
+                rows[n], item_id = self._image_file_vector(Path(term.value))
+                modalities.add("image")
+            elif term.kind == "item":
+                rows[n], modality = self._item_vector(term.item_id)
+                item_id = term.item_id
+                modalities.add(modality)
+            if item_id is not None and term.weight > 0:
+                exclude.add(item_id)
+        return np.stack([r for r in rows if r is not None]), exclude, modalities
+
+    def _item_vector(self, item_id: int) -> tuple[np.ndarray, str]:
+        """An indexed item's stored embedding and modality.
+
+        Raises:
+            ItemNotFoundError: no such item (a QueryError: ``id:N`` names a missing item).
+        """
+        record = self.item(item_id)
         found, vectors = self.catalog.embeddings([item_id], self.dim)
         if not found:  # removed since it was looked up
             raise ItemNotFoundError(item_id)
-        vector = vectors[0] / max(float(np.linalg.norm(vectors[0])), 1e-12)  # fp16 → unit
-        keeper = self._upkeep()
-        if keeper is None:
-            return []
-        return search_vector(
-            self.catalog,
-            self.vectors(target),
-            vector.astype(np.float32),
-            k,
-            keeper.fetch,
-            exclude={item_id},
-            nprobe=nprobe,
-            query_modality=record.modality,
-        )
+        return vectors[0], record.modality
 
     def _query_vector(self, query: Any) -> tuple[np.ndarray, int | None]:
         if isinstance(query, str):
@@ -538,7 +616,7 @@ class Index:
             return self._image_file_vector(Path(query))
         raise QueryError(
             f"cannot search with a {type(query).__name__}: give a str, a PIL "
-            "image or a pathlib.Path"
+            "image, a pathlib.Path or a Query"
         )
 
     def _image_file_vector(self, path: Path) -> tuple[np.ndarray, int | None]:
@@ -681,6 +759,44 @@ class Index:
         problems, checked = check_derived(keeper, repair=repair)
         return CheckReport(problems, checked)
 
+    # -- zero-shot labels -----------------------------------------------------------------
+
+    def classify(
+        self,
+        images: Sequence[str | os.PathLike[str] | Image.Image],
+        labels: Sequence[str],
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+    ) -> list[Classification]:
+        """Zero-shot label probabilities of each image, with the index's model."""
+        self._spec()
+        return classify_images(self.encoder(), images, labels, templates)
+
+    def tag(
+        self,
+        labels: Sequence[str],
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        threshold: float = DEFAULT_THRESHOLD,
+        top: int = DEFAULT_TOP,
+    ) -> TagSummary:
+        """Tag the indexed images with labels of ``labels`` (incremental; see
+        :func:`mmsearch.zeroshot.tag_library`). Stored embeddings are scored: no image is
+        decoded."""
+        self._check_reembed_done()
+        info = self.model_info
+        if info is None:
+            return TagSummary(len(labels))
+        self._spec()
+        return tag_library(
+            self.catalog,
+            self.encoder,
+            info["identity"],
+            int(info["dim"]),
+            labels,
+            templates,
+            threshold=threshold,
+            top=top,
+        )
+
     # -- info ---------------------------------------------------------------------------
 
     def info(self) -> IndexInfo:
@@ -722,4 +838,15 @@ class Index:
             vectors=vectors,
             catalog_bytes=size,
             query_runtime=self.query_runtime_status(),
+            tags=self.catalog.tag_counts(),
         )
+
+
+def _merge(own: Filters, extra: Filters | None) -> Filters:
+    """A query's filters with more given beside it (the extra ones win where both set)."""
+    if extra is None:
+        return own
+    from dataclasses import fields, replace
+
+    changes = {f.name: getattr(extra, f.name) for f in fields(extra)}
+    return replace(own, **{k: v for k, v in changes.items() if v not in (None, ())})

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import islice
 from typing import Any
 
@@ -31,6 +32,9 @@ DEFAULT_MAX_PIXELS = 100_000_000
 """Images with more pixels than this (width × height, from the header) are refused."""
 
 _EXIF_ORIENTATION = 0x0112
+_EXIF_IFD = 0x8769
+_DATE_TIME_ORIGINAL = 0x9003
+_DATE_TIME = 0x0132
 _ROTATING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # transposes that swap width and height
 _ALPHA_MODES = frozenset({"LA", "PA", "RGBA", "RGBa"})
 _HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
@@ -45,6 +49,7 @@ class LoadedImage:
     image: Image.Image  # mode RGB, EXIF orientation applied (maybe reduced by draft_size)
     width: int  # of the oriented full-resolution image
     height: int
+    taken: float | None = None  # EXIF DateTimeOriginal (seconds since the epoch), if any
 
 
 def load_image(
@@ -241,7 +246,7 @@ def _decode(path: str, img: Image.Image, max_pixels: int, draft_size: int | None
         raise InputError(path, f"corrupt or truncated image: {exc}") from exc
     if not draft_size:
         width, height = rgb.size
-    return LoadedImage(path=path, image=rgb, width=width, height=height)
+    return LoadedImage(path=path, image=rgb, width=width, height=height, taken=_exif_date(img))
 
 
 def _orientation(img: Image.Image) -> int:
@@ -250,6 +255,41 @@ def _orientation(img: Image.Image) -> int:
         return int(img.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # malformed EXIF is not a reason to refuse the image
         return 1
+
+
+def _exif_date(img: Image.Image) -> float | None:
+    """EXIF DateTimeOriginal (else DateTime) as local time in seconds since the epoch;
+    None when absent or malformed."""
+    try:
+        exif = img.getexif()
+        raw = exif.get_ifd(_EXIF_IFD).get(_DATE_TIME_ORIGINAL) or exif.get(_DATE_TIME)
+        if not raw:
+            return None
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return datetime.strptime(text.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").timestamp()
+    except Exception:  # malformed EXIF is not a reason to refuse the image
+        return None
+
+
+def date_taken(path: str | os.PathLike) -> float:
+    """When a photo was taken: its EXIF DateTimeOriginal, read from the header only (no
+    pixels are decoded), else the file's modification time.
+
+    Raises:
+        InputError: The file cannot be read.
+    """
+    path = os.fspath(path)
+    try:
+        mtime = os.stat(path).st_mtime
+        with Image.open(path) as img:
+            taken = _exif_date(img)
+    except UnidentifiedImageError:  # not an image Pillow knows: the mtime is all there is
+        taken = None
+    except OSError as exc:
+        raise InputError(path, os_reason(exc)) from exc
+    except Exception:  # Pillow plugins raise many types on malformed headers
+        taken = None
+    return taken if taken is not None else mtime
 
 
 def _oriented(path: str, img: Image.Image) -> Image.Image:

@@ -44,6 +44,7 @@ class Hit:
         source: where a text came from, e.g. ``captions.txt:12`` (texts only).
         width: image width in pixels (images only).
         height: image height in pixels (images only).
+        tags: the item's tags from ``mmsearch tag``, most probable first (None: none).
     """
 
     id: int
@@ -54,6 +55,7 @@ class Hit:
     source: str | None = None
     width: int | None = None
     height: int | None = None
+    tags: tuple[str, ...] | None = None
 
     @property
     def label(self) -> str:
@@ -156,6 +158,7 @@ class IndexInfo:
     vectors: list[VectorInfo]
     catalog_bytes: int
     query_runtime: str = ""  # how queries are encoded: onnx (its directory) or torch (why)
+    tags: dict[str, int] = field(default_factory=dict)  # items per tag, most first
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,3 +198,55 @@ class CheckReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
+
+
+@dataclass
+class Classification:
+    """Zero-shot label probabilities of one image.
+
+    Attributes:
+        source: the image's path (or ``"<image N>"`` for an in-memory image).
+        scores: label → probability (softmax over the labels), most probable first.
+        error: why the image could not be classified (then ``scores`` is empty).
+    """
+
+    source: str
+    scores: dict[str, float]
+    error: str | None = None
+
+    @property
+    def label(self) -> str | None:
+        """The most probable label (None for an image that could not be read)."""
+        return next(iter(self.scores), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class TagSummary:
+    """What one ``mmsearch tag`` run did.
+
+    Attributes:
+        vocabulary: labels in the vocabulary.
+        vocabulary_hash: fingerprint of labels and templates (a change re-scores all).
+        scored: items scored in this run (0 when nothing was new).
+        tagged: of those, items given at least one tag.
+        tags: tags stored in this run.
+        rescored_all: the vocabulary, templates, threshold, top or model changed, so
+            every item was scored again (from stored embeddings; nothing decoded).
+        seconds: wall-clock time of the run.
+    """
+
+    vocabulary: int = 0
+    vocabulary_hash: str = ""
+    scored: int = 0
+    tagged: int = 0
+    tags: int = 0
+    rescored_all: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["seconds"] = round(self.seconds, 3)
+        return data

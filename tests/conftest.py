@@ -145,3 +145,34 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, int]]:
     monkeypatch.setattr(faiss.extra_wrappers, "get_num_gpus", lambda: 1)
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_all_gpus)
     return moved
+
+
+@pytest.fixture(scope="session")
+def shapes_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The README's fine-tuning demo, run once per test session: the tiny random model
+    fine-tuned on 4,000 generated shape pairs (seed 0) with ``--epochs 9 --lr 2e-3
+    --warmup 0.3`` (about a minute on 2 idle cores). Returns ``(model_dir, result,
+    pairs_csv)``: ``result`` is the :class:`~mmsearch.finetune.FinetuneResult` with recall
+    before and after.
+
+    ``MMSEARCH_TEST_SHAPES_MODEL=DIR`` reuses a model a previous session saved with this
+    recipe (``result`` and ``pairs_csv`` are then None) — a development shortcut, never set
+    in CI."""
+    from mmsearch.finetune import FinetuneConfig, finetune
+
+    cached = os.environ.get("MMSEARCH_TEST_SHAPES_MODEL")
+    if cached:
+        return Path(cached), None, None
+    tmp = tmp_path_factory.mktemp("shapes")
+    pairs = load_make_shapes().make_shapes(
+        tmp / "shapes", n=4000, seed=0, kinds={"single": 0.5, "count": 0.25, "pair": 0.25}
+    )
+    out = tmp / "tuned"
+    result = finetune(
+        pairs,
+        out,
+        model=TINY,
+        device="cpu",
+        config=FinetuneConfig(epochs=9, batch_size=128, lr=2e-3, warmup=0.3),
+    )
+    return out, result, pairs

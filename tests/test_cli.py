@@ -107,7 +107,7 @@ def test_query_all_directions(tmp_path, photos):
         "1",
         "--json",
     )
-    (hit,) = json.loads(out)
+    (hit,) = json.loads(out)["hits"]
     assert hit["path"] == str(photos["b.png"]) and hit["score"] == pytest.approx(1.0, abs=2e-3)
 
 
@@ -144,7 +144,7 @@ def test_exif_orientation_applied(tmp_path, photos):
         "1",
         "--json",
     )
-    (hit,) = json.loads(out)
+    (hit,) = json.loads(out)["hits"]
     assert hit["path"].endswith("rotated.jpg")
     assert (hit["width"], hit["height"]) == (60, 120)  # stored 120×60, EXIF rotates 90°
 
