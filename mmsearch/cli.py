@@ -237,7 +237,8 @@ def _print_summary(summary: Any, as_json: bool) -> None:
     if summary.truncated:
         click.echo(f"{summary.truncated} texts were cut to the model's context length", err=True)
     for item in summary.skipped:
-        click.echo(f"skipped {item.path}: {item.reason}", err=True)
+        again = " (remembered: unchanged since it failed)" if item.remembered else ""
+        click.echo(f"skipped {item.path}: {item.reason}{again}", err=True)
 
 
 @cli.command("query")
@@ -313,6 +314,11 @@ def info_cmd(index_dir: Path | None, as_json: bool) -> None:
     click.echo(f"texts:    {info.texts}")
     click.echo(f"catalog:  {info.catalog_bytes / 1e6:.1f} MB, schema v{info.schema_version}")
     click.echo(f"queries:  {info.query_runtime}")
+    if info.skipped_files:
+        click.echo(
+            f"skipped:  {len(info.skipped_files)} files remembered as undecodable, not read "
+            "again until they change (--json lists them)"
+        )
     for v in info.vectors:
         params = ", ".join(f"{k}={val}" for k, val in sorted(v.params.items()))
         click.echo(

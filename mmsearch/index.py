@@ -684,4 +684,7 @@ class Index:
             vectors=vectors,
             catalog_bytes=size,
             query_runtime=self.query_runtime_status(),
+            skipped_files=[
+                Skipped(r.path, r.reason, remembered=True) for r in self.catalog.skipped_files()
+            ],
         )
