@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from indexer.common import DEFAULT_BATCH, EncoderLike, load_encoder
-from indexer.scan import FileEntry, KnownFile, plan_changes, scan
-from mmsearch.catalog import Catalog, ItemRecord
+from indexer.scan import FileEntry, KnownFile, plan_changes, plan_remembered, scan
+from mmsearch.catalog import Catalog, ItemRecord, SkipRecord
 from mmsearch.errors import InputError
-from mmsearch.media import content_hash, date_taken, draft_size, load_many
+from mmsearch.media import content_hash, date_taken, draft_size, load_many, missing_decoder
 from mmsearch.results import ProgressFactory, RunSummary, Skipped, no_progress
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def index_images(
     batch_size: int = DEFAULT_BATCH,
     workers: int | None = None,
     progress: ProgressFactory | None = None,
+    retry_skipped: bool = False,
 ) -> RunSummary:
     """Bring the catalog's images under ``roots`` up to date with the disk.
 
@@ -80,6 +81,11 @@ def index_images(
     disappeared leave the catalog. Nothing unreadable aborts the run: it is skipped and
     listed with its reason in the summary.
 
+    A file that cannot be decoded is remembered with its size and mtime; while it stays
+    the same, later runs list it as skipped (``remembered``) without reading it again. A
+    known file that changed into something undecodable leaves the catalog: its old
+    embedding no longer describes what is on disk.
+
     Args:
         catalog: the catalog to update.
         roots: folders (or files) to index.
@@ -88,6 +94,8 @@ def index_images(
         batch_size: images encoded and committed together.
         workers: decoding threads (default: up to 8).
         progress: progress bar factory; none by default.
+        retry_skipped: forget the remembered bad files first and try them all again
+            (after installing a decoder, say).
 
     Returns:
         The run's :class:`RunSummary`.
@@ -106,16 +114,22 @@ def index_images(
     plan = plan_changes(found.files, known, roots)
     summary.scanned = len(found.files)
     summary.unchanged = len(plan.unchanged)
+    memory = _recall_skipped(catalog, plan.new, roots, retry_skipped, summary)
+    plan.new = memory.to_try
 
-    to_hash = list(plan.new) + [entry for entry, _ in plan.changed]
+    to_hash = _decodable([*plan.new, *(entry for entry, _ in plan.changed)], summary)
     digests = _hash_all(to_hash, workers, summary)
     jobs = _reuse_stored(catalog, plan, digests, summary)
 
+    failed: list[tuple[_Job, str]] = []
     if jobs:
-        _encode_images(catalog, jobs, get_encoder, batch_size, workers, progress, summary)
+        failed = _encode_images(catalog, jobs, get_encoder, batch_size, workers, progress, summary)
 
-    gone = [k.id for k in plan.gone]
+    # A changed file that no longer decodes takes its old item along: a search must not
+    # find the picture that was there before.
+    gone = [k.id for k in plan.gone] + [job.old.id for job, _ in failed if job.old is not None]
     summary.removed += catalog.remove(gone) if gone else 0
+    _update_skipped(catalog, memory, failed)
     backfill_dates(catalog, workers)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -141,6 +155,62 @@ def backfill_dates(catalog: Catalog, workers: int) -> int:
     catalog.set_dates(dates)
     logger.info("read the capture date of %d of %d undated images", len(dates), len(undated))
     return len(dates)
+
+
+@dataclass
+class _Memory:
+    """The remembered bad files, sorted against this run's scan."""
+
+    to_try: list[FileEntry]  # new files to hash and decode (changed bad files among them)
+    retried: set[str]  # remembered paths that changed and are tried again
+    gone: list[str]  # remembered paths that no longer exist
+
+
+def _recall_skipped(
+    catalog: Catalog,
+    new: list[FileEntry],
+    roots: Sequence[str | os.PathLike[str]],
+    retry: bool,
+    summary: RunSummary,
+) -> _Memory:
+    """Set aside the new files an earlier run could not decode and that did not change
+    since; they are listed as skipped with their remembered reason."""
+    remembered = catalog.skipped_files()
+    if retry and remembered:
+        catalog.forget_skipped(r.path for r in remembered)
+        remembered = []
+    plan = plan_remembered(new, remembered, roots)
+    summary.skipped.extend(Skipped(r.path, r.reason, remembered=True) for r in plan.still_bad)
+    known = {r.path for r in remembered}
+    return _Memory(
+        to_try=plan.to_try,
+        retried={e.path for e in plan.to_try if e.path in known},
+        gone=[r.path for r in plan.gone],
+    )
+
+
+def _update_skipped(catalog: Catalog, memory: _Memory, failed: list[tuple[_Job, str]]) -> None:
+    """Remember the files that failed to decode; forget the remembered ones that are gone
+    or were tried again without failing."""
+    bad = [SkipRecord(j.entry.path, j.entry.size, j.entry.mtime_ns, why) for j, why in failed]
+    forget = memory.gone + sorted(memory.retried - {r.path for r in bad})
+    if forget:
+        catalog.forget_skipped(forget)
+    if bad:
+        catalog.remember_skipped(bad)
+
+
+def _decodable(entries: list[FileEntry], summary: RunSummary) -> list[FileEntry]:
+    """The entries whose format can be decoded here; the others (an optional package is
+    missing) are skipped with the reason, without reading them."""
+    out = []
+    for entry in entries:
+        missing = missing_decoder(entry.path)
+        if missing is None:
+            out.append(entry)
+        else:
+            summary.skipped.append(Skipped(entry.path, missing))
+    return out
 
 
 def _reuse_stored(
@@ -209,7 +279,10 @@ def _encode_images(
     workers: int,
     progress: ProgressFactory,
     summary: RunSummary,
-) -> None:
+) -> list[tuple[_Job, str]]:
+    """Decode, encode and store the jobs in batches; return the jobs that failed to decode,
+    with the reason (they are in ``summary.skipped`` too)."""
+    failed: list[tuple[_Job, str]] = []
     encoder = load_encoder(catalog, get_encoder)
     size = encoder.image_size
     bar = progress(len(jobs), "encoding images")
@@ -226,6 +299,7 @@ def _encode_images(
         for path, loaded, tensor, error in results:
             if error is not None:
                 summary.skipped.append(Skipped(path, error.reason))
+                failed.append((by_path[path], error.reason))
                 bar.update(1)
                 continue
             pending.append((by_path[path], loaded, tensor))
@@ -238,6 +312,7 @@ def _encode_images(
             bar.update(len(pending))
     finally:
         bar.close()
+    return failed
 
 
 def _commit_batch(

@@ -15,18 +15,12 @@ import stat
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import translate
+from typing import Generic, Protocol, TypeVar
 
 from mmsearch.errors import InputError
+from mmsearch.media import image_extensions
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {
-        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp",
-        ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".tga", ".ico",
-    }
-)  # fmt: skip
-"""Lower-case extensions (with the dot) of image formats Pillow decodes out of the box."""
 
 DEFAULT_EXCLUDES: tuple[str, ...] = (
     ".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv", "venv", ".cache",
@@ -72,6 +66,29 @@ class ScanPlan:
     changed: list[tuple[FileEntry, KnownFile]] = field(default_factory=list)
     unchanged: list[KnownFile] = field(default_factory=list)
     gone: list[KnownFile] = field(default_factory=list)
+
+
+class FileVersion(Protocol):
+    """One version of a file: where, how large, last modified when."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def mtime_ns(self) -> int: ...
+
+
+_V = TypeVar("_V", bound=FileVersion)
+
+
+@dataclass
+class RememberedPlan(Generic[_V]):
+    """What to do with the files an earlier run could not index."""
+
+    to_try: list[FileEntry] = field(default_factory=list)  # not remembered, or changed since
+    still_bad: list[_V] = field(default_factory=list)  # found with the same size and mtime
+    gone: list[_V] = field(default_factory=list)  # under the roots, no longer on disk
 
 
 # A directory to walk: path, real path, path relative to the root, (st_dev, st_ino).
@@ -179,7 +196,7 @@ class _Walker:
 def scan(
     roots: Sequence[str | os.PathLike],
     exclude: Sequence[str] = (),
-    extensions: Collection[str] = IMAGE_EXTENSIONS,
+    extensions: Collection[str] | None = None,
     follow_symlinks: bool = True,
 ) -> ScanResult:
     """Recursively list the image files under ``roots``.
@@ -193,7 +210,9 @@ def scan(
         exclude: fnmatch patterns (case-sensitive) matched against an entry's name and
             against its ``/``-separated path relative to the root, e.g. ``raw`` or
             ``2019/*.png``. A matching directory is not entered.
-        extensions: File extensions to keep, compared case-insensitively (``.jpg``/``jpg``).
+        extensions: File extensions to keep, compared case-insensitively (``.jpg``/``jpg``);
+            by default every format that can be decoded
+            (:func:`mmsearch.media.image_extensions`).
         follow_symlinks: Enter symlinked directories. Directory loops are detected by
             ``(st_dev, st_ino)``; a file reached twice is listed once, under the first path
             seen. Symlinked files are always listed (under the link's path).
@@ -204,6 +223,8 @@ def scan(
     Raises:
         InputError: A root does not exist.
     """
+    if extensions is None:
+        extensions = image_extensions()
     exts = frozenset(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
     walker = _Walker((*DEFAULT_EXCLUDES, *exclude), exts, follow_symlinks)
     for raw in roots:
@@ -219,6 +240,14 @@ def scan(
         "scanned %d root(s): %d files, %d errors", len(roots), len(files), len(walker.errors)
     )
     return ScanResult(files=files, errors=walker.errors)
+
+
+def __getattr__(name: str) -> frozenset[str]:
+    """``IMAGE_EXTENSIONS``, computed on first use: listing Pillow's formats loads all of
+    its plugins, which only a scan needs (start-up time)."""
+    if name == "IMAGE_EXTENSIONS":
+        return image_extensions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def plan_changes(
@@ -258,6 +287,42 @@ def plan_changes(
         elif _under(path, prefixes) and not os.path.lexists(path):
             plan.gone.append(k)
     plan.new = [f for f in found if f.path not in seen]
+    return plan
+
+
+def plan_remembered(
+    new: Sequence[FileEntry],
+    remembered: Iterable[_V],
+    roots: Sequence[str | os.PathLike],
+) -> RememberedPlan[_V]:
+    """Sort the new files of a scan (not in the catalog) against the files an earlier run
+    could not index.
+
+    A remembered file found with the same size and mtime_ns is still bad: it is not read
+    again. A changed one is tried again, like a file never seen. A remembered file under
+    one of ``roots`` that no longer exists is gone; others (excluded, outside the roots)
+    are left out of the plan.
+
+    Args:
+        new: Files found by :func:`scan` that are not known items (``ScanPlan.new``).
+        remembered: Files an earlier run skipped, with the size and mtime they had then.
+        roots: The roots that were scanned.
+
+    Returns:
+        The plan; ``to_try`` keeps the order of ``new``.
+    """
+    by_path = {os.path.abspath(r.path): r for r in remembered}
+    prefixes = [_dir_prefix(os.path.abspath(os.fspath(r))) for r in roots]
+    plan: RememberedPlan[_V] = RememberedPlan()
+    for entry in new:
+        rec = by_path.pop(entry.path, None)
+        if rec is not None and rec.size == entry.size and rec.mtime_ns == entry.mtime_ns:
+            plan.still_bad.append(rec)
+        else:
+            plan.to_try.append(entry)
+    plan.gone = [
+        r for path, r in by_path.items() if _under(path, prefixes) and not os.path.lexists(path)
+    ]
     return plan
 
 

@@ -232,6 +232,11 @@ def _say_waiting(pid: int | None) -> None:
     "--reembed", is_flag=True, help="Encode everything again with --model (switch models)."
 )
 @click.option(
+    "--retry-skipped",
+    is_flag=True,
+    help="Try again files remembered as undecodable (e.g. after installing mmsearch[formats]).",
+)
+@click.option(
     "--index-type",
     type=click.Choice(["auto", "flat", "ivfpq"]),
     help="ANN index: auto (exact while small, IVF-PQ beyond), flat or ivfpq. Kept.",
@@ -267,6 +272,7 @@ def index_cmd(
     batch_size: int,
     workers: int | None,
     reembed: bool,
+    retry_skipped: bool,
     index_type: str | None,
     memory_budget: str | None,
     recall_target: float | None,
@@ -302,6 +308,7 @@ def index_cmd(
             batch_size=batch_size,
             workers=workers,
             progress=_progress(not obj["quiet"]),
+            retry_skipped=retry_skipped,
         )
     _print_summary(summary, as_json)
 
@@ -329,7 +336,8 @@ def _print_summary(summary: Any, as_json: bool) -> None:
     if summary.truncated:
         click.echo(f"{summary.truncated} texts were cut to the model's context length", err=True)
     for item in summary.skipped:
-        click.echo(f"skipped {escape(item.path)}: {escape(item.reason)}", err=True)
+        again = " (remembered: unchanged since it failed)" if item.remembered else ""
+        click.echo(f"skipped {escape(item.path)}: {escape(item.reason)}{again}", err=True)
 
 
 def filter_options(func: F) -> F:
@@ -594,6 +602,11 @@ def info_cmd(index_dir: Path | None, as_json: bool) -> None:
     click.echo(f"texts:    {info.texts}")
     click.echo(f"catalog:  {info.catalog_bytes / 1e6:.1f} MB, schema v{info.schema_version}")
     click.echo(f"queries:  {info.query_runtime}")
+    if info.skipped_files:
+        click.echo(
+            f"skipped:  {len(info.skipped_files)} files remembered as undecodable, not read "
+            "again until they change (--json lists them)"
+        )
     for v in info.vectors:
         params = ", ".join(f"{k}={val}" for k, val in sorted(v.params.items()))
         click.echo(

@@ -224,8 +224,11 @@ class Index:
         batch_size: int = 64,
         workers: int | None = None,
         progress: ProgressFactory | None = None,
+        retry_skipped: bool = False,
     ) -> RunSummary:
-        """Index (or bring up to date) the images under ``paths``.
+        """Index (or bring up to date) the images under ``paths``. Files that could not be
+        decoded before and did not change since are not read again, unless
+        ``retry_skipped``.
 
         Returns a :class:`RunSummary`: counts of added, updated, unchanged, removed and
         reused items, and the files skipped with their reasons.
@@ -240,6 +243,7 @@ class Index:
             batch_size=batch_size,
             workers=workers,
             progress=progress,
+            retry_skipped=retry_skipped,
         )
         self._reload_model_info()
         self.refresh("image")
@@ -327,6 +331,7 @@ class Index:
         batch_size: int = 64,
         workers: int | None = None,
         progress: ProgressFactory | None = None,
+        retry_skipped: bool = False,
     ) -> RunSummary:
         """Everything ``mmsearch index`` does, in its order: re-embed with the requested
         model (first: nothing else may touch a catalog whose re-embed is pending), apply
@@ -339,7 +344,12 @@ class Index:
             self.configure(**settings)
         if images:
             total += self.add_images(
-                images, exclude=exclude, batch_size=batch_size, workers=workers, progress=progress
+                images,
+                exclude=exclude,
+                batch_size=batch_size,
+                workers=workers,
+                progress=progress,
+                retry_skipped=retry_skipped,
             )
         if text_files:
             total += self.add_text_files(text_files, column=column, field=field, progress=progress)
@@ -839,6 +849,9 @@ class Index:
             catalog_bytes=size,
             query_runtime=self.query_runtime_status(),
             tags=self.catalog.tag_counts(),
+            skipped_files=[
+                Skipped(r.path, r.reason, remembered=True) for r in self.catalog.skipped_files()
+            ],
         )
 
 

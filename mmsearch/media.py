@@ -1,5 +1,10 @@
-"""Image files: decode one (EXIF orientation, any mode to RGB, size limits, reasons for
-failures) or many in a thread pool, and hash their bytes.
+"""Image files: which formats can be decoded, decode one (EXIF orientation, any mode to
+RGB, size limits, reasons for failures) or many in a thread pool, and hash their bytes.
+
+Every picture format Pillow opens is decoded (:func:`image_extensions`), HEIC/HEIF through
+pillow-heif and camera RAW files through rawpy when the ``formats`` extra is installed;
+without it such files are refused with a reason that names the extra
+(:func:`missing_decoder`).
 
 :func:`load_image` turns every way a file can be unusable (missing, empty, not an image,
 truncated, too large, unreadable) into an :class:`~mmsearch.errors.InputError` with a short
@@ -10,10 +15,13 @@ a thread pool (Pillow releases the GIL while decoding) and yields results in inp
 from __future__ import annotations
 
 import hashlib
+import importlib
+import io
 import logging
 import os
 import re
 import stat
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +48,55 @@ _ALPHA_MODES = frozenset({"LA", "PA", "RGBA", "RGBa"})
 _HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 _WHITE = (255, 255, 255, 255)
 
+HEIF_EXTENSIONS: frozenset[str] = frozenset({".heic", ".heif", ".hif"})
+"""HEIC/HEIF photos (phones), decoded by pillow-heif."""
+
+RAW_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".3fr", ".arw", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".iiq", ".k25",
+        ".kdc", ".mef", ".mos", ".mrw", ".nef", ".nrw", ".orf", ".pef", ".raf", ".rw2",
+        ".rwl", ".sr2", ".srf", ".srw", ".x3f",
+    }
+)  # fmt: skip
+"""Camera RAW files, decoded by rawpy (LibRaw). ``.raw`` is left out: too many tools use it
+for headerless pixel dumps."""
+
+FORMATS_EXTRA_REASON = "install mmsearch[formats] to index HEIC/RAW files"
+"""Why a HEIC/HEIF or RAW file is skipped when the optional packages are missing."""
+
+# Formats Pillow registers but that are not scanned: they need external tools, are not
+# pictures, or their extension mostly names something else.
+_NOT_SCANNED_FORMATS = frozenset(
+    {
+        "EPS",  # .eps/.ps: rendered by Ghostscript, an external program
+        "PDF",  # documents (and Pillow only writes them)
+        "WMF",  # .wmf/.emf: vector drawings Pillow renders only on Windows
+        "MPEG",  # .mpg/.mpeg: video; Pillow identifies it but decodes nothing
+        "BUFR", "GRIB", "HDF5",  # scientific data; stubs that need an external handler
+        "FITS",  # astronomy data arrays; .fit is also Garmin's activity file
+        "IPTC",  # .iim: metadata records, not a picture
+        "CUR",  # mouse cursors: application resources
+        "GBR",  # GIMP brushes; .gbr is also a Gerber (circuit board) file
+        "ICNS",  # macOS icon bundles: thousands inside every .app, not photos
+    }
+)  # fmt: skip
+# Opened by another format's plugin (MPO by the JPEG one), so absent from Image.OPEN.
+_EXTRA_PILLOW_EXTENSIONS = frozenset({".mpo"})
+
+# LibRaw's ``sizes.flip`` (dcraw's flip) as the transpose that displays the image upright:
+# bit 4 swaps the axes, so flips 4-7 turn a landscape sensor into a portrait picture.
+_RAW_FLIP_TRANSPOSE = {
+    1: Image.Transpose.FLIP_LEFT_RIGHT,
+    2: Image.Transpose.FLIP_TOP_BOTTOM,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.TRANSPOSE,
+    5: Image.Transpose.ROTATE_90,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+}
+_plugins_ready = False
+_plugins_lock = threading.Lock()
+
 
 @dataclass
 class LoadedImage:
@@ -50,6 +107,69 @@ class LoadedImage:
     width: int  # of the oriented full-resolution image
     height: int
     taken: float | None = None  # EXIF DateTimeOriginal (seconds since the epoch), if any
+
+
+def image_extensions() -> frozenset[str]:
+    """The lower-case extensions (with the dot) of the files worth decoding.
+
+    Every format Pillow can open (and pillow-heif, when installed) except those in
+    ``_NOT_SCANNED_FORMATS``, plus HEIC/HEIF and RAW even when their packages are missing,
+    so that such files are reported with :data:`FORMATS_EXTRA_REASON` rather than
+    silently left out. Loads Pillow's plugins on first use (a fraction of a second).
+    """
+    _ensure_plugins()
+    exts = {
+        ext
+        for ext, fmt in Image.registered_extensions().items()
+        if fmt in Image.OPEN and fmt not in _NOT_SCANNED_FORMATS
+    }
+    return frozenset(exts | _EXTRA_PILLOW_EXTENSIONS | HEIF_EXTENSIONS | RAW_EXTENSIONS)
+
+
+def missing_decoder(path: str | os.PathLike) -> str | None:
+    """Why files like ``path`` cannot be decoded here, judged by the extension alone: the
+    optional package their format needs is not installed. None when nothing is missing.
+
+    Cheap enough to call before reading a file (an import that already happened is a
+    dictionary look-up).
+    """
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext in RAW_EXTENSIONS and _optional("rawpy") is None:
+        return FORMATS_EXTRA_REASON
+    if ext in HEIF_EXTENSIONS and _optional("pillow_heif") is None:
+        return FORMATS_EXTRA_REASON
+    return None
+
+
+def _optional(name: str) -> Any:
+    """The module ``name``, or None when it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _ensure_plugins() -> None:
+    """Load Pillow's plugins and register pillow-heif's opener, once per process.
+
+    Done at the first decode or extension query rather than at import: importing every
+    Pillow plugin and pillow-heif costs about 0.4 s that a query never needs.
+    """
+    global _plugins_ready
+    if _plugins_ready:
+        return
+    with _plugins_lock:
+        if _plugins_ready:
+            return
+        Image.init()
+        heif = _optional("pillow_heif")
+        if heif is not None:
+            heif.register_heif_opener()
+            # pillow-heif < 1.0 also decodes AVIF, which older Pillow builds cannot.
+            if "AVIF" not in Image.OPEN and hasattr(heif, "register_avif_opener"):
+                heif.register_avif_opener()
+            logger.debug("pillow-heif %s registered", getattr(heif, "__version__", "?"))
+        _plugins_ready = True
 
 
 def load_image(
@@ -80,6 +200,12 @@ def load_image(
     """
     path = os.fspath(path)
     _check_file(path)
+    missing = missing_decoder(path)
+    if missing is not None:
+        raise InputError(path, missing)
+    if os.path.splitext(path)[1].lower() in RAW_EXTENSIONS:
+        return _load_raw(path, max_pixels, draft_size)
+    _ensure_plugins()
     try:
         with open(path, "rb") as fp:
             img = _open(path, fp)
@@ -164,6 +290,69 @@ def _load_one(
     except Exception as exc:  # a bad image must not abort the run
         logger.debug("transform failed for %s", path, exc_info=True)
         return None, None, InputError(path, f"transform failed: {exc}")
+
+
+def _load_raw(path: str, max_pixels: int, draft_size: int | None) -> LoadedImage:
+    """Decode a camera RAW file with rawpy: its embedded JPEG preview when that is large
+    enough (fast), else a half-size demosaic; oriented like the camera held it."""
+    rawpy = _optional("rawpy")
+    try:
+        raw = rawpy.imread(path)
+    except Exception as exc:  # LibRawFileUnsupportedError, LibRawIOError, ...
+        raise InputError(path, f"not a readable RAW file: {exc}") from exc
+    try:
+        sizes = raw.sizes
+        width, height, flip = int(sizes.width), int(sizes.height), int(sizes.flip)
+        if width * height > max_pixels:
+            raise InputError(
+                path, f"too large: {width}×{height} pixels exceeds the limit of {max_pixels}"
+            )
+        # The half-size demosaic is the fallback, so a preview at least that large (or at
+        # least the draft size the model asks for) loses nothing.
+        wanted = draft_size or min(width, height) // 2
+        image = _raw_preview(path, raw, wanted, flip)
+        if image is None:
+            # LibRaw applies the flip to the processed image itself.
+            image = Image.fromarray(raw.postprocess(half_size=True, use_camera_wb=True))
+    except InputError:
+        raise
+    except Exception as exc:  # LibRawDataError on a corrupt file, ...
+        raise InputError(path, f"corrupt or truncated RAW file: {exc}") from exc
+    finally:
+        raw.close()
+    if flip & 4:
+        width, height = height, width
+    return LoadedImage(path=path, image=_to_rgb(image), width=width, height=height)
+
+
+def _raw_preview(path: str, raw: Any, wanted: int, flip: int) -> Image.Image | None:
+    """The embedded preview, upright, when its short side is at least ``wanted``."""
+    try:
+        thumb = raw.extract_thumb()
+    except Exception as exc:  # LibRawNoThumbnailError, LibRawUnsupportedThumbnailError
+        logger.debug("%s: no usable preview (%s), demosaicing", path, exc)
+        return None
+    try:
+        # rawpy gives a JPEG preview as bytes and a bitmap one as an RGB array.
+        if isinstance(thumb.data, bytes):
+            preview = Image.open(io.BytesIO(thumb.data))
+            if min(preview.size) < wanted:
+                return None
+            preview.draft("RGB", (wanted, wanted))
+            preview.load()
+            if _orientation(preview) != 1:  # the preview says how to turn itself
+                return _oriented(path, preview)
+        else:
+            preview = Image.fromarray(thumb.data)
+            if min(preview.size) < wanted:
+                return None
+    except Exception as exc:  # a broken preview: the sensor data may still be fine
+        logger.debug("%s: unreadable preview (%s), demosaicing", path, exc)
+        return None
+    # Previews are stored as the sensor saw the scene, unrotated: turn them like LibRaw
+    # turns the processed image.
+    transpose = _RAW_FLIP_TRANSPOSE.get(flip)
+    return preview.transpose(transpose) if transpose is not None else preview
 
 
 def draft_size(image_size: int) -> int:

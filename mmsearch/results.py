@@ -68,10 +68,19 @@ class Hit:
 
 @dataclass
 class Skipped:
-    """An input that was not indexed, and why."""
+    """An input that was not indexed, and why.
+
+    Attributes:
+        path: the file (or text source).
+        reason: why it could not be indexed.
+        remembered: an earlier run failed on the same version of the file (same size and
+            modification time), so it was not read again; it is tried again once it
+            changes.
+    """
 
     path: str
     reason: str
+    remembered: bool = False
 
 
 @dataclass
@@ -159,6 +168,7 @@ class IndexInfo:
     catalog_bytes: int
     query_runtime: str = ""  # how queries are encoded: onnx (its directory) or torch (why)
     tags: dict[str, int] = field(default_factory=dict)  # items per tag, most first
+    skipped_files: list[Skipped] = field(default_factory=list)  # remembered bad files
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

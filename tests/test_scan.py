@@ -32,15 +32,15 @@ def names(result, root: Path) -> list[str]:
 
 
 def test_extension_filter_is_case_insensitive(tmp_path: Path) -> None:
-    for name in ["a.jpg", "b.PNG", "c.webp", "d.txt", "e.heic", "f", "g.JPEG"]:
+    for name in ["a.jpg", "b.PNG", "c.webp", "d.txt", "e.pdf", "f", "g.JPEG"]:
         touch(tmp_path / name)
     assert names(scan([tmp_path]), tmp_path) == ["a.jpg", "b.PNG", "c.webp", "g.JPEG"]
     assert names(scan([tmp_path], extensions={"TXT"}), tmp_path) == ["d.txt"]
 
 
 def test_extension_set_is_lower_case_with_dots() -> None:
-    assert {".jpg", ".png", ".tiff", ".ico"} <= IMAGE_EXTENSIONS
-    assert ".heic" not in IMAGE_EXTENSIONS
+    assert {".jpg", ".png", ".tiff", ".ico", ".heic", ".cr2"} <= IMAGE_EXTENSIONS
+    assert ".pdf" not in IMAGE_EXTENSIONS
     assert all(e.startswith(".") and e == e.lower() for e in IMAGE_EXTENSIONS)
 
 
