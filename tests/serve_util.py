@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import socket
 import threading
 import time
@@ -12,23 +11,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from conftest import TINY
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def make_shapes_module() -> Any:
-    spec = importlib.util.spec_from_file_location("make_shapes", ROOT / "data" / "make_shapes.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+from conftest import TINY, load_make_shapes
 
 
 def shapes_index(root: Path, n: int = 36, size: int = 192) -> Path:
     """An index of ``n`` generated shape images and their captions (texts), tiny model."""
     import mmsearch
 
-    csv_path = make_shapes_module().make_shapes(root / "shapes", n, seed=0, size=size)
+    csv_path = load_make_shapes().make_shapes(root / "shapes", n, seed=0, size=size)
     with mmsearch.Index.open(root / "idx", model=TINY) as index:
         index.add_images([root / "shapes" / "images"])
         with csv_path.open() as f:

@@ -110,6 +110,13 @@ def test_empty_state_then_text_query(page: Page, server, tmp_path: Path) -> None
         "[...document.querySelectorAll('#grid img')].slice(0, 12)"
         ".every(i => i.complete && i.naturalWidth > 0)",
     )
+    # Thumbnails fill square tiles whatever the picture's own size (a bug once let the
+    # <img> height attribute squash wide tiles of small images).
+    boxes = page.evaluate(
+        "[...document.querySelectorAll('#grid img')].slice(0, 6)"
+        ".map(i => { const r = i.getBoundingClientRect(); return [r.width, r.height]; })"
+    )
+    assert all(abs(w - h) <= 1 and w > 100 for w, h in boxes), boxes
     shot = _shot(page, tmp_path, "grid")
     if os.environ.get("MMSEARCH_SCREENSHOT"):
         shutil.copy(shot, os.environ["MMSEARCH_SCREENSHOT"])
