@@ -36,7 +36,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx  # noqa: E402
 from ann import Synthetic  # noqa: E402
-from serve_util import free_port, make_shapes_module  # noqa: E402
+from conftest import load_make_shapes  # noqa: E402
+from serve_util import free_port  # noqa: E402
 
 import mmsearch  # noqa: E402
 
@@ -45,7 +46,7 @@ QUERIES = ["a red circle", "two blue squares", "a green triangle above a yellow 
 
 def build(root: Path, n: int) -> tuple[Path, list[bytes]]:
     shapes = root / "shapes"
-    make_shapes_module().make_shapes(shapes, 8, seed=0, size=128)
+    load_make_shapes().make_shapes(shapes, 8, seed=0, size=128)
     idx = root / "idx"
     with mmsearch.Index.open(idx, model="mmsearch-tiny", device="cpu") as index:
         index.add_images([shapes / "images"])

@@ -18,8 +18,9 @@ pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installe
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 
 from click.testing import CliRunner  # noqa: E402
+from conftest import ROOT, load_make_shapes  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from serve_util import ROOT, live_server, make_shapes_module, shapes_index  # noqa: E402
+from serve_util import live_server, shapes_index  # noqa: E402
 
 from mmsearch.catalog import Catalog  # noqa: E402
 from mmsearch.cli import cli  # noqa: E402
@@ -121,7 +122,7 @@ def test_second_process_indexes_while_serving(index_dir: Path, tmp_path: Path) -
     """`python -m mmsearch index` adds images while the server answers; searches never
     fail, and afterwards the new images are found with ids that point at their files."""
     new = tmp_path / "new"
-    make_shapes_module().make_shapes(new, 30, seed=7, size=96)
+    load_make_shapes().make_shapes(new, 30, seed=7, size=96)
     backend = Backend.open(index_dir, device="cpu")
     errors: list[str] = []
     seen: dict[int, str] = {}
