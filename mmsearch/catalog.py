@@ -311,7 +311,8 @@ class Catalog:
         if not self.path.exists() and not create:
             raise IndexNotFoundError(self.path.parent)
         _refuse_empty_file(self.path)
-        self.read_only = self.path.exists() and not _writable(self.path)
+        creating = not self.path.exists()
+        self.read_only = not creating and not _writable(self.path)
         if self.read_only:
             uri = _read_only_uri(self.path)
             self.engine: Engine = create_engine(
@@ -329,6 +330,8 @@ class Catalog:
             self._init_schema()
         except StorageError:
             self.engine.dispose()
+            if creating:  # a catalog this call began (e.g. on a full disk) holds nothing:
+                _remove_database(self.path)  # leave none, so the next run can create it
             raise
         except DatabaseError as exc:
             self.engine.dispose()
@@ -718,6 +721,15 @@ def _prepare(values: dict[str, Any]) -> dict[str, Any]:
     if emb is not None and not isinstance(emb, bytes):
         out["embedding"] = to_blob(emb)
     return out
+
+
+def _remove_database(path: Path) -> None:
+    """Delete a database file and its WAL companions (a catalog whose creation failed)."""
+    for name in (path.name, path.name + "-wal", path.name + "-shm", path.name + "-journal"):
+        try:
+            path.with_name(name).unlink(missing_ok=True)
+        except OSError:
+            logger.warning("could not remove %s", path.with_name(name))
 
 
 def _refuse_empty_file(path: Path) -> None:

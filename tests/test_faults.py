@@ -170,8 +170,13 @@ def _summary(reply: dict) -> dict:
     return json.loads(reply["output"].strip().splitlines()[-1])
 
 
-def check_consistent(index_dir: Path) -> dict[str, int]:
-    """Catalog = store = FAISS, no duplicates, every item finds itself. Returns counts."""
+def check_consistent(index_dir: Path, saved: bool = False) -> dict[str, int]:
+    """Catalog = store = FAISS, no duplicates, every item finds itself. Returns counts.
+
+    The FAISS index is the one queries get (verified and repaired on open), or with
+    ``saved`` the file on disk as it is (to show the check itself can fail)."""
+    from mmsearch.ann.faiss_index import VectorIndex
+
     counts = {}
     with mmsearch.Index.open(index_dir, create=False) as index:
         catalog = index.catalog
@@ -181,7 +186,11 @@ def check_consistent(index_dir: Path) -> dict[str, int]:
             counts[modality] = len(ids)
             if not len(ids):
                 continue
-            vi = index.vectors(modality)
+            vi = (
+                VectorIndex.load(*index._upkeep().paths(modality))
+                if saved
+                else index.vectors(modality)
+            )
             faiss_ids = _faiss_ids(vi)
             assert sorted(faiss_ids) == ids.tolist(), f"{modality}: FAISS ids != catalog ids"
             _, truth = catalog.embeddings(ids.tolist(), dim)
@@ -244,7 +253,9 @@ def _trial_times(runner: Runner, argv_for, seed: int, trials: int = TRIALS) -> l
 
 def test_the_consistency_check_catches_a_stale_index(tmp_path, runner, corpus):
     """The checker itself can fail: a catalog row deleted behind mmsearch's back (no
-    generation bump) leaves an id in FAISS that the catalog no longer has."""
+    generation bump) leaves an id in the saved FAISS file that the catalog no longer has.
+    Opening the index notices the count mismatch and repairs it, so the index queries
+    get is consistent again."""
     import sqlite3
 
     index = tmp_path / "idx"
@@ -253,7 +264,8 @@ def test_the_consistency_check_catches_a_stale_index(tmp_path, runner, corpus):
     with sqlite3.connect(index / "catalog.sqlite") as db:
         db.execute("DELETE FROM items WHERE id = (SELECT max(id) FROM items)")
     with pytest.raises(AssertionError, match="FAISS ids != catalog ids"):
-        check_consistent(index)
+        check_consistent(index, saved=True)
+    check_consistent(index)  # repaired on open
 
 
 @pytest.mark.parametrize(
@@ -399,7 +411,7 @@ def test_queries_while_indexing_never_fail(tmp_path, runner, corpus, runs, queri
         args = ["query", "--index", str(index), "--image", str(probe), "--include-self", "--json"]
         result = CliRunner().invoke(cli, args, catch_exceptions=True)
         done += 1
-        hits = json.loads(result.stdout) if result.exit_code == 0 else []
+        hits = json.loads(result.stdout)["hits"] if result.exit_code == 0 else []
         if result.exit_code != 0 or not hits or hits[0]["path"] != str(probe):
             failures.append((result.exit_code, result.stderr, result.exception))
         if done >= queries and not writer.is_alive():

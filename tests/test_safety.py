@@ -100,7 +100,7 @@ def test_file_names_cannot_forge_result_lines(tmp_path, odd):
     assert exact[-1] == b"" and len(exact) == 5
     assert os.fsencode(odd / FORGED) in exact
     _, as_json, _ = run(*query, "--json")
-    assert str(odd / FORGED) in [h["path"] for h in json.loads(as_json)]
+    assert str(odd / FORGED) in [h["path"] for h in json.loads(as_json)["hits"]]
 
 
 # -- 3. one writer at a time ----------------------------------------------------------------
