@@ -441,6 +441,8 @@ def main() -> None:
         entry["warm"] = warm(args.workdir, idx, args.queries, variants)
         print(f"{n} warm: {entry['warm']}", file=sys.stderr)
         results["sizes"].append(entry)
+        if args.json:  # after each size: a long run that is stopped keeps what it measured
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
     results["machine"]["loadavg_at_end"] = os.getloadavg()
     print(table(results))
     if args.json:
