@@ -603,9 +603,11 @@ def quiet_openmp() -> None:
     the user chose otherwise. Must run before faiss or torch is imported: OpenMP reads it
     once, when it loads (this module imports neither).
 
-    Measured (bench/query.py, 2-core machine under load): with spinning threads a single
-    faiss search of 1k vectors took 8 ms instead of 0.8 ms, and the torch encoder's text
-    query 1.5 s instead of 0.15 s, idle and beside a busy process alike."""
+    Measured (bench/query.py, 2-core machine with other jobs running): the torch
+    encoder's warm text query took 0.4-1.5 s with OpenMP's default and 0.15-0.17 s with
+    passive threads (2.2 s vs 0.34 s beside a busy process); the flat search of 1k vectors
+    0.8 ms instead of 8 ms. The ONNX encoder does not use OpenMP (its own threads never
+    spin)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
