@@ -98,13 +98,13 @@ def build(workdir: Path, n: int, weights: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     sys.path.insert(0, str(ROOT / "bench"))
     from ann import Synthetic
-    from serve_util import make_shapes_module
+    from conftest import load_make_shapes
 
     import mmsearch
 
     shapes = workdir / "shapes"
     if not (shapes / "images").exists():
-        make_shapes_module().make_shapes(shapes, 8, seed=0, size=224)
+        load_make_shapes().make_shapes(shapes, 8, seed=0, size=224)
     t0 = time.perf_counter()
     with mmsearch.Index.open(idx, model=MODEL, pretrained=str(weights), device="cpu") as index:
         index.add_images([shapes / "images"])  # records the model and exports it (once)
