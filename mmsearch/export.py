@@ -110,16 +110,52 @@ class ExportReport:
         return {**asdict(self), "out_dir": str(self.out_dir)}
 
 
+def _text_trimmable(model: torch.nn.Module) -> bool:
+    """Whether the text tower's output depends only on the tokens up to the end token: a
+    causal attention mask and pooling at the end token (open_clip's CLIP text tower). Such a
+    tower is exported for any sequence length, and queries feed it only up to the end token
+    — "a red car" is 5 of 77 positions, a fraction of the work, with the same embedding."""
+    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+    return (
+        all(hasattr(model, name) for name in needed)
+        and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", None) == "argmax"
+    )
+
+
+def _encode_trimmed_text(model: Any, text: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``CLIP.encode_text`` for ``text`` of any length up to the context: the
+    positional embedding and the causal mask cut to that length."""
+    from open_clip.transformer import text_global_pool
+
+    seq = text.shape[1]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast) + model.positional_embedding[:seq].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:seq, :seq])
+    x = text_global_pool(model.ln_final(x), text, "argmax")
+    if model.text_projection is None:
+        return x
+    if isinstance(model.text_projection, torch.nn.Linear):
+        return model.text_projection(x)
+    return x @ model.text_projection
+
+
 class _Tower(torch.nn.Module):
     """One tower of an open_clip model, with the L2 normalisation the index relies on."""
 
-    def __init__(self, model: torch.nn.Module, tower: str) -> None:
+    def __init__(self, model: torch.nn.Module, tower: str, trim: bool = False) -> None:
         super().__init__()
         self.model = model
         self.tower = tower
+        self.trim = trim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.model.encode_text(x) if self.tower == "text" else self.model.encode_image(x)
+        if self.tower == "image":
+            feats = self.model.encode_image(x)
+        elif self.trim:
+            feats = _encode_trimmed_text(self.model, x)
+        else:
+            feats = self.model.encode_text(x)
         return torch.nn.functional.normalize(feats.float(), dim=-1)
 
 
@@ -151,7 +187,12 @@ def export_model(
     tmp.mkdir()
     try:
         shutil.copyfile(open_clip.tokenizer.default_bpe(), tmp / _BPE_FILE)
-        _export_tower(model, "text", encoder.tokenizer(["a photo", "a dog"]), tmp / fmt.TEXT_FILE)
+        trim = _text_trimmable(model)
+        meta["towers"]["text"]["trim"] = trim
+        tokens = encoder.tokenizer(["a photo of", "a dog"])
+        _export_tower(
+            model, "text", tokens[:, :8] if trim else tokens, tmp / fmt.TEXT_FILE, trim=trim
+        )
         height, width = meta["image"]["size"]
         pixels = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
         _export_tower(model, "image", pixels, tmp / fmt.IMAGE_FILE)
@@ -238,9 +279,14 @@ def _cpu_fp32(encoder: Encoder) -> torch.nn.Module:
     return model if on_cpu else copy.deepcopy(model).to("cpu", torch.float32).eval()
 
 
-def _export_tower(model: torch.nn.Module, tower: str, example: torch.Tensor, path: Path) -> None:
-    wrapper = _Tower(model, tower).eval()
+def _export_tower(
+    model: torch.nn.Module, tower: str, example: torch.Tensor, path: Path, trim: bool = False
+) -> None:
+    wrapper = _Tower(model, tower, trim).eval()
     batch = torch.export.Dim("batch", min=1, max=65536)
+    dynamic: dict[int, Any] = {0: batch}
+    if trim:  # any length from 2 (start and end tokens) to the context length
+        dynamic[1] = torch.export.Dim("tokens", min=2, max=int(model.positional_embedding.shape[0]))
     name = fmt.TEXT_INPUT if tower == "text" else fmt.IMAGE_INPUT
     try:
         # The exporter warns about things that are fine here (and logs its progress).
@@ -252,7 +298,7 @@ def _export_tower(model: torch.nn.Module, tower: str, example: torch.Tensor, pat
                 str(path),
                 input_names=[name],
                 output_names=[fmt.OUTPUT],
-                dynamic_shapes={"x": {0: batch}},
+                dynamic_shapes={"x": dynamic},
                 opset_version=_OPSET,
                 dynamo=True,
                 # Weights in a side file (``text.onnx.data``): onnxruntime memory-maps it,

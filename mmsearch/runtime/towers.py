@@ -120,7 +120,16 @@ class QueryRuntime:
         """Encode texts (cut to the context length). Returns (N, dim) float32, unit rows."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self._run("text", {fmt.TEXT_INPUT: self.tokenizer(list(texts))})
+        return self._run("text", {fmt.TEXT_INPUT: self.text_input(list(texts))})
+
+    def text_input(self, texts: list[str]) -> np.ndarray:
+        """Token ids for the text tower: padded to the context length, or — for a tower
+        exported with ``trim`` (the embedding depends only on tokens up to the end token) —
+        cut after the last end token of the batch, which saves most of the work."""
+        ids = self.tokenizer(texts)
+        if self.meta["towers"]["text"].get("trim"):
+            ids = np.ascontiguousarray(ids[:, : int(ids.argmax(axis=1).max()) + 1])
+        return ids
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Encode PIL images (any mode; converted to RGB). Returns (N, dim) float32, unit rows."""
@@ -206,7 +215,10 @@ class QueryRuntime:
             "text": (fmt.TEXT_INPUT, [self.context_length]),
             "image": (fmt.IMAGE_INPUT, [3, height, width]),
         }[tower]
-        if (inp.name, list(inp.shape[1:])) != expected_in or (
+        shape = list(inp.shape[1:])
+        if tower == "text" and self.meta["towers"]["text"].get("trim") and len(shape) == 1:
+            shape = [self.context_length]  # a trimmed tower takes any length up to it
+        if (inp.name, shape) != expected_in or (
             out.name,
             list(out.shape[1:]),
         ) != (fmt.OUTPUT, [self.dim]):
@@ -224,7 +236,7 @@ SELF_TEST_TEXT = "a photo of a dog on a beach"
 def self_test_input(tower: str, runtime: QueryRuntime) -> np.ndarray:
     """A fixed input of each tower: a tokenised caption, or a smooth pixel ramp."""
     if tower == "text":
-        return runtime.tokenizer([SELF_TEST_TEXT])
+        return runtime.text_input([SELF_TEST_TEXT])
     height, width = runtime.transform.size
     ramp = np.linspace(-2.0, 2.0, 3 * height * width, dtype=np.float32)
     return ramp.reshape(1, 3, height, width)
