@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import TINY, noise_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +33,6 @@ def test_import_mmsearch_loads_nothing_heavy():
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
 
 
-@pytest.mark.slow
 def test_contracts_kept_and_a_broken_one_fails(tmp_path):
     assert _lint_imports(ROOT).returncode == 0
     copy = tmp_path / "repo"

@@ -19,7 +19,8 @@ from mmsearch.ann import policy as index_policy
 from mmsearch.cli import cli
 from mmsearch.status import ExitStatus
 
-pytestmark = pytest.mark.slow  # builds an IVF-PQ index of 1,200 texts once (~30 s)
+# Builds an IVF-PQ index of 1,200 texts once (~30 s); in the default run: it is the proof
+# that every damage ends in a repair or a refusal.
 
 WORDS = "red green blue car boat dog cat tree house sea small big old new bright dark".split()  # noqa: SIM905
 N_TEXTS = 1200  # past EXACT_MAX below: the big index is IVF-PQ

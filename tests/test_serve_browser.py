@@ -39,7 +39,7 @@ ARGS = [
     "--no-first-run",
 ]
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
