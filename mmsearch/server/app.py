@@ -13,6 +13,7 @@ import mimetypes
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -117,34 +118,48 @@ def _add_api(app: FastAPI, backend: Backend) -> None:
         """What the index holds: model, counts, vector indexes."""
         return {**backend.info().to_dict(), "version": __version__}
 
+    # One search at a time, in one worker thread: the model and FAISS already use both
+    # cores, and 16 pool threads contending for the backend's lock cost more than they
+    # give (measured with bench/serve.py). The endpoints are async, so queued requests
+    # wait as coroutines, not as threads.
+    searches = CapacityLimiter(1)
+
+    async def run_search(func: Any, *args: Any) -> Any:
+        return await to_thread.run_sync(func, *args, limiter=searches)
+
     @app.get("/api/search", response_model=SearchOut, tags=["search"])
-    def search_text(
+    async def search_text(
         q: Annotated[str, Query(min_length=1, max_length=1000, description="Query text.")],
         target: Target = "image",
         k: K = 20,
         offset: Offset = 0,
     ) -> dict[str, Any]:
         """Images (or texts) matching a text."""
-        return _out(backend.search_text(q, target, k, offset), target, k, offset)
+        page = await run_search(backend.search_text, q, target, k, offset)
+        return _out(page, target, k, offset)
 
     @app.post("/api/search/image", response_model=SearchOut, tags=["search"])
-    def search_image(
+    async def search_image(
         file: Annotated[UploadFile, File(description="The query image.")],
         target: Annotated[Target, Form()] = "image",
         k: Annotated[int, Form(ge=1, le=200)] = 20,
         offset: Annotated[int, Form(ge=0, lt=MAX_DEPTH)] = 0,
     ) -> dict[str, Any]:
         """Images (or texts) matching an uploaded image (multipart, field ``file``)."""
-        data = file.file.read(MAX_UPLOAD_BYTES + 1)
+        data = await file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise ImageTooLargeError(f"upload over {MAX_UPLOAD_BYTES:,} bytes")
-        image = decode_upload(data)
-        return _out(backend.search_image(image, target, k, offset), target, k, offset)
+        image = await to_thread.run_sync(decode_upload, data)  # beside searches, not after
+        page = await run_search(backend.search_image, image, target, k, offset)
+        return _out(page, target, k, offset)
 
     @app.get("/api/items/{item_id}/similar", response_model=SearchOut, tags=["search"])
-    def similar(item_id: ItemId, target: Target = "image", k: K = 20, offset: Offset = 0) -> Any:
+    async def similar(
+        item_id: ItemId, target: Target = "image", k: K = 20, offset: Offset = 0
+    ) -> Any:
         """More like an indexed item (the item itself left out)."""
-        return _out(backend.search_item(item_id, target, k, offset), target, k, offset)
+        page = await run_search(backend.search_item, item_id, target, k, offset)
+        return _out(page, target, k, offset)
 
     @app.get("/api/items/{item_id}", response_model=ItemOut, tags=["items"])
     def item(item_id: ItemId) -> dict[str, Any]:
