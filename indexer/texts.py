@@ -22,6 +22,7 @@ from typing import IO
 from indexer.common import EncoderLike, batches, load_encoder
 from mmsearch.catalog import Catalog
 from mmsearch.errors import InputError
+from mmsearch.media import os_reason
 from mmsearch.results import ProgressFactory, RunSummary, no_progress
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def read_texts(
             else:
                 result = _read_lines(name, f)
     except OSError as exc:
-        raise InputError(name, _os_reason(exc)) from exc
+        raise InputError(name, os_reason(exc)) from exc
     logger.info("%s: %d texts, %d skipped", name, len(result.records), len(result.skipped))
     return result
 
@@ -232,17 +233,6 @@ def _rows(reader: Iterator[list[str]]) -> Iterator[list[str] | csv.Error]:
             return
         except csv.Error as exc:  # the reader has consumed the bad line; go on after it
             yield exc
-
-
-def _os_reason(exc: OSError) -> str:
-    """A short human reason for an OS error."""
-    if isinstance(exc, FileNotFoundError):
-        return "no such file"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory"
-    return exc.strerror or str(exc)
 
 
 def text_digest(text: str) -> str:
