@@ -24,6 +24,7 @@ from .errors import (
     QueryError,
     WeightsUnavailableError,
 )
+from .query import Filters, Query, Term
 from .results import Hit, IndexInfo, RunSummary, Skipped
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DependencyError",
+    "Filters",
     "Hit",
     "Index",
     "IndexCorruptError",
@@ -53,9 +55,11 @@ __all__ = [
     "MMSearchError",
     "ModelError",
     "ModelMismatchError",
+    "Query",
     "QueryError",
     "RunSummary",
     "Skipped",
+    "Term",
     "WeightsUnavailableError",
     "__version__",
 ]
