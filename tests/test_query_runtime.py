@@ -56,7 +56,7 @@ def _query(
             cli, ["-q", "query", "--index", str(idx), "--json", "-k", "6", *args]
         )
     assert result.exit_code == 0, result.output
-    return [(h["id"], h["score"]) for h in json.loads(result.stdout)]
+    return [(h["id"], h["score"]) for h in json.loads(result.stdout)["hits"]]
 
 
 def _refuse(*args: object, **kwargs: object) -> None:
