@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,6 +95,31 @@ class Synthetic:
         v = self.images(rng, n, sigma=0.5)
         e = self._unit(rng.standard_normal((n, self.dim), dtype=np.float32))
         return self._unit(0.35 * v + 0.75 * self.gap + 0.55 * e)
+
+
+def add_synthetic_images(
+    catalog: Any, synthetic: Synthetic, rng: np.random.Generator, start: int, n: int
+) -> None:
+    """Insert synthetic image items ``start`` … ``n - 1`` straight into an mmsearch catalog
+    (their files do not exist: only search is measured), 20,000 rows per transaction."""
+    for first in range(start, n, 20_000):
+        m = min(20_000, n - first)
+        vecs = synthetic.images(rng, m)
+        catalog.add(
+            [
+                {
+                    "modality": "image",
+                    "path": f"/synthetic/{first + i}.jpg",
+                    "size": 1,
+                    "mtime_ns": 0,
+                    "content_hash": f"synthetic{first + i}",
+                    "width": 64,
+                    "height": 64,
+                    "embedding": vecs[i],
+                }
+                for i in range(m)
+            ]
+        )
 
 
 def write_corpus(gen: Synthetic, n: int, store: EmbeddingStore, seed: int) -> None:

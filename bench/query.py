@@ -97,7 +97,7 @@ def build(workdir: Path, n: int, weights: Path) -> Path:
         return idx
     sys.path.insert(0, str(ROOT / "tests"))
     sys.path.insert(0, str(ROOT / "bench"))
-    from ann import Synthetic
+    from ann import Synthetic, add_synthetic_images
     from conftest import load_make_shapes
 
     import mmsearch
@@ -112,24 +112,7 @@ def build(workdir: Path, n: int, weights: Path) -> Path:
         rng = np.random.default_rng(0)
         synthetic = Synthetic(dim=index.dim)
         have = index.catalog.count("image")
-        for start in range(have, n, 20_000):
-            m = min(20_000, n - start)
-            vecs = synthetic.images(rng, m)
-            index.catalog.add(
-                [
-                    {
-                        "modality": "image",
-                        "path": f"/synthetic/{start + i}.jpg",
-                        "size": 1,
-                        "mtime_ns": 0,
-                        "content_hash": f"synthetic{start + i}",
-                        "width": 64,
-                        "height": 64,
-                        "embedding": vecs[i],
-                    }
-                    for i in range(m)
-                ]
-            )
+        add_synthetic_images(index.catalog, synthetic, rng, have, n)
         inserted = time.perf_counter() - t0 - exported
         vi = index.refresh("image")  # build and tune the ANN index once, before timing
         factory = vi.manifest.factory

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx  # noqa: E402
-from ann import Synthetic  # noqa: E402
+from ann import Synthetic, add_synthetic_images  # noqa: E402
 from conftest import load_make_shapes  # noqa: E402
 from serve_util import free_port  # noqa: E402
 
@@ -54,24 +54,7 @@ def build(root: Path, n: int) -> tuple[Path, list[bytes]]:
         rng = np.random.default_rng(0)
         # Clustered CLIP-like vectors (bench/ann.py), not isotropic noise: with no cluster
         # structure an IVF index must visit nearly every list, which real embeddings never need.
-        synthetic = Synthetic(dim=dim)
-        for start in range(0, n, 20_000):
-            m = min(20_000, n - start)
-            vecs = synthetic.images(rng, m)
-            rows = [
-                {
-                    "modality": "image",
-                    "path": f"/synthetic/{start + i}.jpg",
-                    "size": 1,
-                    "mtime_ns": 0,
-                    "content_hash": f"synthetic{start + i}",
-                    "width": 64,
-                    "height": 64,
-                    "embedding": vecs[i],
-                }
-                for i in range(m)
-            ]
-            index.catalog.add(rows)
+        add_synthetic_images(index.catalog, Synthetic(dim=dim), rng, 0, n)
         index.refresh("image")  # build (and tune) the ANN index once, before serving
     uploads = []
     for p in sorted((shapes / "images").glob("*.png"))[:4]:
