@@ -125,6 +125,7 @@ class Index:
         self._keeper: Upkeep | None = None
         self._model_info = catalog.model_info()  # read once; refreshed when it changes
         self._query_encoder: QueryEncoder | None = None
+        self._loaded_runtime: QueryRuntime | None = None
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -172,7 +173,7 @@ class Index:
         self.catalog.close()
         self._vectors.clear()
         self._encoder = None
-        self._query_encoder = None
+        self._query_encoder = self._loaded_runtime = None
 
     def __enter__(self) -> Index:
         return self
@@ -666,11 +667,8 @@ class Index:
         choice = config.query_runtime_choice()
         if choice == "torch" or (self._encoder is not None and choice == "auto"):
             return self.encoder()  # asked for, or loaded already by this process
-        spec = self._spec()
-        try:  # towers open on first use: a text query never loads the image tower
-            return QueryRuntime.load(
-                config.runtime_dir(spec.identity), expect_identity=spec.identity, towers=()
-            )
+        try:
+            return self._runtime(self._spec().identity)
         except QueryRuntimeError as exc:
             if choice == "onnx":
                 raise
@@ -698,12 +696,24 @@ class Index:
             return "none yet (no model)"
         if config.query_runtime_choice() == "torch":
             return f"torch (${config.ENV_QUERY_RUNTIME}=torch)"
-        directory = config.runtime_dir(info["identity"])
         try:
-            QueryRuntime.load(directory, expect_identity=info["identity"], towers=())
+            runtime = self._runtime(info["identity"])
         except QueryRuntimeError as exc:
             return f"torch ({exc.reason}; `mmsearch export-model` exports it)"
-        return f"onnx ({directory})"
+        return f"onnx ({runtime.path})"
+
+    def _runtime(self, identity: str) -> QueryRuntime:
+        """The model's exported query runtime, loaded (and verified) once per process; its
+        towers open on first use, so a text query never loads the image tower.
+
+        Raises:
+            QueryRuntimeError: there is no valid export for ``identity``.
+        """
+        if self._loaded_runtime is None or self._loaded_runtime.identity != identity:
+            self._loaded_runtime = QueryRuntime.load(
+                config.runtime_dir(identity), expect_identity=identity, towers=()
+            )
+        return self._loaded_runtime
 
     def export_runtime(self, force: bool = False) -> ExportReport | None:
         """Export the model's text and image towers to ONNX for torch-free queries, checked
@@ -716,15 +726,14 @@ class Index:
         from .export import export_model  # torch: needed only to export
 
         spec = self._spec()
-        target = config.runtime_dir(spec.identity)
         if not force:
             try:
-                QueryRuntime.load(target, expect_identity=spec.identity, towers=())
+                self._runtime(spec.identity)
                 return None
             except QueryRuntimeError:
                 pass
-        report = export_model(self.encoder(), target)
-        self._query_encoder = None
+        report = export_model(self.encoder(), config.runtime_dir(spec.identity))
+        self._query_encoder = self._loaded_runtime = None
         return report
 
     def _export_after_run(self) -> None:
