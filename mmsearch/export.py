@@ -186,7 +186,7 @@ def export_model(
     tmp = out.with_name(f".{out.name}.{os.getpid()}-{time.monotonic_ns()}.tmp")
     tmp.mkdir()
     try:
-        shutil.copyfile(open_clip.tokenizer.default_bpe(), tmp / _BPE_FILE)
+        _write_tokenizer(encoder, meta["tokenizer"], tmp)
         trim = _text_trimmable(model)
         meta["towers"]["text"]["trim"] = trim
         tokens = encoder.tokenizer(["a photo of", "a dog"])
@@ -247,9 +247,90 @@ def _describe(encoder: Encoder) -> dict[str, Any]:
     }
 
 
+def _write_tokenizer(encoder: Encoder, spec: dict[str, Any], directory: Path) -> None:
+    """The tokenizer's files: CLIP's BPE vocabulary, or a ``tokenizer.json``."""
+    if spec["kind"] == fmt.TOKENIZER_CLIP_BPE:
+        shutil.copyfile(open_clip.tokenizer.default_bpe(), directory / _BPE_FILE)
+        return
+    backend = _hf_backend(encoder.tokenizer)
+    if backend is None:
+        raise ExportError(f"{encoder.spec.display}: no tokenizer.json to write")
+    backend.save(str(directory / spec["files"]["tokenizer"]))
+
+
+def _hf_backend(tok: Any) -> Any:
+    """The ``tokenizers.Tokenizer`` behind a multilingual model's tokenizer: a fast
+    transformers tokenizer's own, or one built from Chinese-CLIP's WordPiece vocabulary."""
+    inner = getattr(tok, "tokenizer", None)
+    if inner is not None and getattr(inner, "is_fast", False):
+        return inner.backend_tokenizer
+    vocab_file = getattr(tok, "vocab_file", None)
+    if vocab_file is None:
+        return None
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    from .chinese_clip import MAX_WORD_CHARS
+
+    # cn_clip's BasicTokenizer (clean, split CJK characters, lower case and strip accents,
+    # split punctuation) and WordpieceTokenizer, as tokenizers' BERT pieces.
+    vocab = {}
+    with open(vocab_file, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            vocab.setdefault(line.rstrip("\n").strip(), i)
+    backend = Tokenizer(
+        models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=MAX_WORD_CHARS)
+    )
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+    )
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return backend
+
+
+def _hf_tokenizer_spec(encoder: Encoder) -> dict[str, Any]:
+    """runtime.json's record of a ``tokenizer.json`` tokenizer (see
+    :class:`mmsearch.runtime.hf_tokenizer.HFTokenizer`), or ExportError."""
+    tok = encoder.tokenizer
+    display = encoder.spec.display
+    inner = getattr(tok, "tokenizer", None)
+    if inner is not None:  # open_clip's HFTokenizer
+        if getattr(tok, "tokenizer_mode", "") or getattr(tok, "strip_sep_token", False):
+            raise ExportError(f"{display}: tokenizer mode 'clips' / strip_sep_token not supported")
+        if not getattr(inner, "is_fast", False):
+            raise ExportError(
+                f"{display}: a slow (Python) transformers tokenizer has no tokenizer.json"
+            )
+        ends = list(inner("")["input_ids"])
+        if len(ends) != 2:
+            raise ExportError(f"{display}: tokenizer adds {len(ends)} special tokens, not 2")
+        start, end, pad = ends[0], ends[1], inner.pad_token_id
+        clean = _CLEANERS.get(getattr(tok, "clean_fn", None))
+        if clean is None:
+            raise ExportError(f"{display}: unknown tokenizer cleaning {tok.clean_fn!r}")
+    else:  # Chinese-CLIP's BERT tokenizer
+        start, end, pad, clean = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, None
+    return {
+        "kind": fmt.TOKENIZER_HF,
+        "clean": clean,
+        "start_id": int(start),
+        "end_id": int(end),
+        "pad_id": int(pad),
+        "files": {"tokenizer": fmt.HF_TOKENIZER_FILE},
+    }
+
+
+_CLEANERS = {
+    open_clip.tokenizer._clean_lower: "lower",
+    open_clip.tokenizer._clean_whitespace: "whitespace",
+    open_clip.tokenizer._clean_canonicalize: "canonicalize",
+}
+
+
 def _tokenizer_spec(encoder: Encoder) -> dict[str, Any]:
     tok = encoder.tokenizer
     name = type(tok).__name__
+    if _hf_backend(tok) is not None:
+        return _hf_tokenizer_spec(encoder)
     if not isinstance(tok, open_clip.tokenizer.SimpleTokenizer):
         raise ExportError(
             f"{encoder.spec.display}: tokenizer {name} is not supported by the query runtime "
@@ -260,12 +341,7 @@ def _tokenizer_spec(encoder: Encoder) -> dict[str, Any]:
             f"{encoder.spec.display}: tokenizer {name} uses a reduction mask or extra special "
             "tokens, which the query runtime does not implement"
         )
-    cleaners = {
-        open_clip.tokenizer._clean_lower: "lower",
-        open_clip.tokenizer._clean_whitespace: "whitespace",
-        open_clip.tokenizer._clean_canonicalize: "canonicalize",
-    }
-    clean = cleaners.get(tok.clean_fn)
+    clean = _CLEANERS.get(tok.clean_fn)
     if clean is None:
         raise ExportError(f"{encoder.spec.display}: unknown tokenizer cleaning {tok.clean_fn!r}")
     return {"kind": fmt.TOKENIZER_CLIP_BPE, "clean": clean, "files": {"bpe": _BPE_FILE}}

@@ -20,7 +20,10 @@ IMAGE_FILE = "image.onnx"
 TEXT_INPUT = "token_ids"
 IMAGE_INPUT = "pixel_values"
 OUTPUT = "unit_embedding"
-#: The only tokenizer kind the runtime implements: open_clip's SimpleTokenizer (CLIP BPE).
+#: Tokenizer kinds: open_clip's SimpleTokenizer (CLIP BPE), and a Hugging Face
+#: ``tokenizer.json`` run by the ``tokenizers`` library (multilingual and Chinese models).
 TOKENIZER_CLIP_BPE = "clip-bpe"
+TOKENIZER_HF = "hf-tokenizers"
+HF_TOKENIZER_FILE = "tokenizer.json"
 #: Least cosine between an exported tower's embedding and torch's on every probe.
 MIN_COSINE = 0.9999

@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..errors import QueryRuntimeError
 from . import format as fmt
+from .hf_tokenizer import HFTokenizer
 from .preprocess import ImageTransform
 from .tokenizer import ClipTokenizer
 
@@ -57,7 +58,7 @@ class QueryRuntime:
         dim: embedding dimension.
         context_length: token positions of the text tower.
         image_size: side, in pixels, of the square (the larger side) the image tower sees.
-        tokenizer: the CLIP BPE tokenizer.
+        tokenizer: the CLIP BPE tokenizer, or a Hugging Face ``tokenizer.json`` one.
         transform: the image preprocessing.
         meta: the parsed ``runtime.json``.
     """
@@ -275,8 +276,10 @@ def _check_files(path: Path, meta: dict[str, Any]) -> None:
             )
 
 
-def _load_tokenizer(path: Path, meta: dict[str, Any]) -> ClipTokenizer:
+def _load_tokenizer(path: Path, meta: dict[str, Any]) -> ClipTokenizer | HFTokenizer:
     spec = meta["tokenizer"]
+    if spec.get("kind") == fmt.TOKENIZER_HF:
+        return _load_hf_tokenizer(path, meta)
     if spec.get("kind") != fmt.TOKENIZER_CLIP_BPE:
         raise QueryRuntimeError(path, f"tokenizer kind {spec.get('kind')!r} is not supported")
     try:
@@ -284,6 +287,25 @@ def _load_tokenizer(path: Path, meta: dict[str, Any]) -> ClipTokenizer:
             path / spec["files"]["bpe"], meta["context_length"], spec.get("clean", "lower")
         )
     except (OSError, EOFError, KeyError, ValueError) as exc:
+        raise QueryRuntimeError(path, f"cannot read the tokenizer: {exc}") from exc
+
+
+def _load_hf_tokenizer(path: Path, meta: dict[str, Any]) -> HFTokenizer:
+    spec = meta["tokenizer"]
+    try:
+        return HFTokenizer(
+            path / spec["files"]["tokenizer"],
+            meta["context_length"],
+            start_id=spec["start_id"],
+            end_id=spec["end_id"],
+            pad_id=spec["pad_id"],
+            clean=spec.get("clean"),
+        )
+    except ImportError as exc:
+        raise QueryRuntimeError(
+            path, f"its tokenizer needs the tokenizers package ({exc}): mmsearch[multilingual]"
+        ) from exc
+    except (OSError, KeyError, TypeError, ValueError) as exc:
         raise QueryRuntimeError(path, f"cannot read the tokenizer: {exc}") from exc
 
 
