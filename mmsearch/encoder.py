@@ -1,6 +1,10 @@
 """The OpenCLIP dual encoder — the only module (with fine-tuning and export) that imports
 torch: load a model (GPU when present), encode images and texts, save a model directory.
 
+Chinese-CLIP models (``cn-clip:…``) load through :mod:`mmsearch.chinese_clip`, which gives
+them the interface of an open_clip model; open_clip models whose text tower is a Hugging
+Face transformer load their config and tokenizer from the model directory.
+
 Which model a reference names is decided without torch in :mod:`mmsearch.models`.
 """
 

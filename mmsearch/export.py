@@ -334,7 +334,8 @@ def _tokenizer_spec(encoder: Encoder) -> dict[str, Any]:
     if not isinstance(tok, open_clip.tokenizer.SimpleTokenizer):
         raise ExportError(
             f"{encoder.spec.display}: tokenizer {name} is not supported by the query runtime "
-            "(it implements open_clip's CLIP BPE SimpleTokenizer only)"
+            "(it implements open_clip's CLIP BPE SimpleTokenizer and fast Hugging Face and "
+            "Chinese-CLIP tokenizers)"
         )
     if tok.reduction_fn is not None or tok.vocab_size != _CLIP_VOCAB_SIZE:
         raise ExportError(

@@ -168,6 +168,30 @@ def test_xlmr_model_dir_loads_after_a_move(tmp_path, tiny_models):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_cn_clip_loads_a_released_style_checkpoint(tmp_path, tiny_models):
+    """cn_clip's released .pt: {"state_dict": {"module.…": …}, "epoch": …} (its DDP
+    training), beside a cn_clip_config.json — the same embeddings as our safetensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    from mmsearch.encoder import Encoder
+
+    source = tiny_models["cn_clip"]
+    released = tmp_path / "released"
+    released.mkdir()
+    shutil.copy(source / "cn_clip_config.json", released)
+    state = load_file(str(source / "cn_clip_model.safetensors"))
+    checkpoint = {
+        "epoch": 3,
+        "name": "tiny",
+        "state_dict": {f"module.{k}": v for k, v in state.items()},
+    }
+    torch.save(checkpoint, released / "epoch_latest.pt")
+    a = Encoder.load(str(source), device="cpu").encode_texts([QUERY])
+    b = Encoder.load(str(released), device="cpu").encode_texts([QUERY])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_cn_clip_references_resolve_offline(tmp_path):
     cfg = cn_clip_config("cn-clip:ViT-B-16")
     assert cfg["embed_dim"] == 512 and cfg["text_hidden_size"] == 768
@@ -205,6 +229,27 @@ def test_finetune_and_eval_with_chinese_captions(tmp_path, tiny_models, family):
     base = Encoder.load(str(tiny_models[family]), device="cpu")
     assert tuned.spec.identity != base.spec.identity
     assert not np.allclose(tuned.encode_texts([QUERY]), base.encode_texts([QUERY]), atol=1e-4)
+
+
+def test_info_says_why_a_model_is_not_exported(tmp_path, tiny_models, monkeypatch):
+    """A model whose towers cannot be exported keeps torch; `mmsearch info` says why, and
+    later runs do not try again (each try costs an export)."""
+    import mmsearch.export
+
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(mmsearch.export, "_hf_backend", lambda tok: None)  # as if unsupported
+    photos, corpus = _data(tmp_path)
+    idx = tmp_path / "idx"
+    _run("index", "--texts", str(corpus), "--model", str(tiny_models["cn_clip"]),
+         "--index", str(idx))  # fmt: skip
+    info = json.loads(_run("info", "--index", str(idx), "--json"))
+    assert info["query_runtime"].startswith("torch (not exportable: ")
+    assert "ChineseClipTokenizer is not supported" in info["query_runtime"]
+    calls = []
+    monkeypatch.setattr(mmsearch.export, "export_model", lambda *a, **k: calls.append(a))
+    _run("index", str(photos), "--index", str(idx))
+    assert calls == []
+    assert _hits(idx, QUERY, "--target", "text", "-k", "1")[0]["text"] == QUERY
 
 
 @pytest.mark.slow
