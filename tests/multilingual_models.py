@@ -159,3 +159,57 @@ def build_tiny_cn_clip(out: Path, *, seed: int = 0) -> Path:
         model, _, _ = chinese_clip.load(CN_CLIP_TINY, None, torch.device("cpu"))
     chinese_clip.save(model, out, CN_CLIP_CONFIG_FILE, CN_CLIP_WEIGHTS_FILE)
     return out
+
+
+def build_tiny_nllb_style(out: Path, xlmr_dir: Path, *, seed: int = 0) -> Path:
+    """An open_clip model whose text tower is the encoder of a tiny M2M100 (NLLB's
+    architecture: an encoder-decoder, of which open_clip keeps the encoder; CLS pooling,
+    linear projection, as in ``nllb-clip-base``). The tokenizer is the tiny XLM-R one
+    (a real NLLB tokenizer also puts a language code first)."""
+    import shutil
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+    from transformers import M2M100Config
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(xlmr_dir / name, out)
+    vocab = json.loads((xlmr_dir / "config.json").read_text())["vocab_size"]
+    M2M100Config(
+        vocab_size=vocab,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+    ).save_pretrained(out)
+    model_cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8
+        },
+        "text_cfg": {
+            "hf_model_name": ".",
+            "hf_tokenizer_name": ".",
+            "hf_proj_type": "linear",
+            "hf_pooler_type": "cls_pooler",
+            "context_length": 24,
+        },
+    }  # fmt: skip
+    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}, indent=2))
+    text_cfg = {**model_cfg["text_cfg"], "hf_model_name": str(out), "hf_model_pretrained": False}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.CustomTextCLIP(**{**model_cfg, "text_cfg": text_cfg})
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "open_clip_model.safetensors"))
+    return out

@@ -21,7 +21,12 @@ pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 pytest.importorskip("cn_clip")
 
-from multilingual_models import build_tiny_cn_clip, build_tiny_xlmr, captions  # noqa: E402
+from multilingual_models import (  # noqa: E402
+    build_tiny_cn_clip,
+    build_tiny_nllb_style,
+    build_tiny_xlmr,
+    captions,
+)
 
 from mmsearch import config  # noqa: E402
 from mmsearch.cli import cli  # noqa: E402
@@ -166,6 +171,20 @@ def test_xlmr_model_dir_loads_after_a_move(tmp_path, tiny_models):
     a = Encoder.load(str(tiny_models["xlmr"]), device="cpu").encode_texts([QUERY])
     b = Encoder.load(str(moved), device="cpu").encode_texts([QUERY])
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_nllb_style_text_tower_loads_and_encodes(tmp_path, tiny_models):
+    """An encoder-decoder transformer (NLLB's M2M100) as text tower: open_clip keeps its
+    encoder; the directory loads offline and tells texts apart."""
+    from mmsearch.encoder import Encoder
+
+    model = build_tiny_nllb_style(tmp_path / "nllb", tiny_models["xlmr"])
+    encoder = Encoder.load(str(model), device="cpu")
+    assert type(encoder.model.text.transformer).__name__ == "M2M100Encoder"
+    vectors = encoder.encode_texts([QUERY, "a red circle", QUERY])
+    assert vectors.shape == (3, 32)
+    assert vectors[0] @ vectors[2] == pytest.approx(1.0, abs=1e-5)
+    assert vectors[0] @ vectors[1] < 0.99999
 
 
 def test_cn_clip_loads_a_released_style_checkpoint(tmp_path, tiny_models):
