@@ -237,7 +237,7 @@ def test_finetune_and_eval_with_chinese_captions(tmp_path, tiny_models, family):
     pairs.write_text("\n".join(rows) + "\n", encoding="utf-8")
     out = tmp_path / "tuned"
     _run("finetune", str(pairs), "--out", str(out), "--model", str(tiny_models[family]),
-         "--epochs", "2", "--batch-size", "4", "--device", "cpu")  # fmt: skip
+         "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--lock-image")  # fmt: skip
     metrics = json.loads(_run("eval", str(pairs), "--model", str(out), "--json"))
     assert metrics["n"] == 8 and 0 <= metrics["t2i_r1"] <= 1
     # the tuned directory is self-contained: it loads from a copy of it alone
@@ -248,6 +248,9 @@ def test_finetune_and_eval_with_chinese_captions(tmp_path, tiny_models, family):
     base = Encoder.load(str(tiny_models[family]), device="cpu")
     assert tuned.spec.identity != base.spec.identity
     assert not np.allclose(tuned.encode_texts([QUERY]), base.encode_texts([QUERY]), atol=1e-4)
+    # --lock-image froze the image tower: the same image vectors as before
+    image = [noise_image(7, size=(40, 40))]
+    np.testing.assert_allclose(tuned.encode_images(image), base.encode_images(image), atol=1e-6)
 
 
 def test_info_says_why_a_model_is_not_exported(tmp_path, tiny_models, monkeypatch):
