@@ -3,7 +3,8 @@ model directory and a tiny random Chinese-CLIP directory (tests/multilingual_mod
 index a folder and a Chinese corpus, answer Chinese queries in every direction through the
 real CLI, fine-tune, evaluate, and export their towers to the torch-free query runtime.
 
-Skipped when the ``multilingual`` extra (transformers, tokenizers, cn_clip) is missing.
+A family's tests skip without its packages (the ``multilingual`` extra: transformers and
+tokenizers for XLM-R, cn_clip for Chinese-CLIP).
 """
 
 from __future__ import annotations
@@ -16,22 +17,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import noise_image
-
-pytest.importorskip("transformers")
-pytest.importorskip("tokenizers")
-pytest.importorskip("cn_clip")
-
-from multilingual_models import (  # noqa: E402
+from multilingual_models import (
     build_tiny_cn_clip,
     build_tiny_nllb_style,
     build_tiny_xlmr,
     captions,
 )
 
-from mmsearch import config  # noqa: E402
-from mmsearch.cli import cli  # noqa: E402
-from mmsearch.errors import ModelError, WeightsUnavailableError  # noqa: E402
-from mmsearch.models import cn_clip_config, resolve_model  # noqa: E402
+from mmsearch import config
+from mmsearch.cli import cli
+from mmsearch.errors import ModelError, WeightsUnavailableError
+from mmsearch.models import cn_clip_config, resolve_model
 
 FAMILIES = ("xlmr", "cn_clip")
 CORPUS = [zh for _, zh in captions()[::7]] + ["今天的天气很好", "a red circle"]
@@ -50,13 +46,25 @@ TOKENIZER_PROBES = [
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Both tiny model directories, built once per test session."""
-    root = tmp_path_factory.mktemp("multilingual-models")
-    return {
-        "xlmr": build_tiny_xlmr(root / "xlmr"),
-        "cn_clip": build_tiny_cn_clip(root / "cn-clip"),
-    }
+def xlmr_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny XLM-R-text model directory, built once per test session."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    return build_tiny_xlmr(tmp_path_factory.mktemp("multilingual") / "xlmr")
+
+
+@pytest.fixture(scope="session")
+def cn_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Chinese-CLIP model directory, built once per test session."""
+    pytest.importorskip("cn_clip")
+    pytest.importorskip("tokenizers")
+    return build_tiny_cn_clip(tmp_path_factory.mktemp("multilingual") / "cn-clip")
+
+
+@pytest.fixture
+def tiny_model(request: pytest.FixtureRequest, family: str) -> Path:
+    """The model directory of the test's ``family`` (skipped without its packages)."""
+    return request.getfixturevalue(f"{family}_dir")
 
 
 @pytest.fixture
@@ -86,10 +94,10 @@ def _hits(idx: Path, *args: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_index_and_query_in_chinese_every_direction(tmp_path, tiny_models, torch_queries, family):
+def test_index_and_query_in_chinese_every_direction(tmp_path, tiny_model, torch_queries, family):
     photos, corpus = _data(tmp_path)
     idx = tmp_path / "idx"
-    model = str(tiny_models[family])
+    model = str(tiny_model)
     summary = json.loads(
         _run(
             "index",
@@ -126,10 +134,10 @@ def test_index_and_query_in_chinese_every_direction(tmp_path, tiny_models, torch
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_model_counts_and_cuts_chinese_tokens(tiny_models, family):
+def test_the_model_counts_and_cuts_chinese_tokens(tiny_model, family):
     from mmsearch.encoder import Encoder
 
-    encoder = Encoder.load(str(tiny_models[family]), device="cpu")
+    encoder = Encoder.load(str(tiny_model), device="cpu")
     assert encoder.context_length == 24
     long = "很长的句子" * 40
     assert encoder.is_truncated(long) and not encoder.is_truncated(QUERY)
@@ -140,14 +148,14 @@ def test_the_model_counts_and_cuts_chinese_tokens(tiny_models, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_torch_free_tokenizer_gives_the_same_ids(tmp_path, tiny_models, family):
+def test_torch_free_tokenizer_gives_the_same_ids(tmp_path, tiny_model, family):
     """The query runtime's tokenizer.json (XLM-R's own; cn_clip's WordPiece vocabulary
     rebuilt with the tokenizers library) against the torch-side tokenizer."""
     from mmsearch.encoder import Encoder
     from mmsearch.export import _hf_tokenizer_spec, _write_tokenizer
     from mmsearch.runtime.hf_tokenizer import HFTokenizer
 
-    encoder = Encoder.load(str(tiny_models[family]), device="cpu")
+    encoder = Encoder.load(str(tiny_model), device="cpu")
     spec = _hf_tokenizer_spec(encoder)
     _write_tokenizer(encoder, spec, tmp_path)
     runtime = HFTokenizer(
@@ -163,22 +171,22 @@ def test_torch_free_tokenizer_gives_the_same_ids(tmp_path, tiny_models, family):
     assert [runtime.count_tokens(t) for t in texts] == [encoder.count_tokens(t) for t in texts]
 
 
-def test_xlmr_model_dir_loads_after_a_move(tmp_path, tiny_models):
+def test_xlmr_model_dir_loads_after_a_move(tmp_path, xlmr_dir):
     """hf_model_name "." resolves against the directory, not the working directory."""
     from mmsearch.encoder import Encoder
 
-    moved = shutil.copytree(tiny_models["xlmr"], tmp_path / "elsewhere" / "model")
-    a = Encoder.load(str(tiny_models["xlmr"]), device="cpu").encode_texts([QUERY])
+    moved = shutil.copytree(xlmr_dir, tmp_path / "elsewhere" / "model")
+    a = Encoder.load(str(xlmr_dir), device="cpu").encode_texts([QUERY])
     b = Encoder.load(str(moved), device="cpu").encode_texts([QUERY])
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_nllb_style_text_tower_loads_and_encodes(tmp_path, tiny_models):
+def test_nllb_style_text_tower_loads_and_encodes(tmp_path, xlmr_dir):
     """An encoder-decoder transformer (NLLB's M2M100) as text tower: open_clip keeps its
     encoder; the directory loads offline and tells texts apart."""
     from mmsearch.encoder import Encoder
 
-    model = build_tiny_nllb_style(tmp_path / "nllb", tiny_models["xlmr"])
+    model = build_tiny_nllb_style(tmp_path / "nllb", xlmr_dir)
     encoder = Encoder.load(str(model), device="cpu")
     assert type(encoder.model.text.transformer).__name__ == "M2M100Encoder"
     vectors = encoder.encode_texts([QUERY, "a red circle", QUERY])
@@ -187,7 +195,7 @@ def test_nllb_style_text_tower_loads_and_encodes(tmp_path, tiny_models):
     assert vectors[0] @ vectors[1] < 0.99999
 
 
-def test_cn_clip_loads_a_released_style_checkpoint(tmp_path, tiny_models):
+def test_cn_clip_loads_a_released_style_checkpoint(tmp_path, cn_clip_dir):
     """cn_clip's released .pt: {"state_dict": {"module.…": …}, "epoch": …} (its DDP
     training), beside a cn_clip_config.json — the same embeddings as our safetensors."""
     import torch
@@ -195,7 +203,7 @@ def test_cn_clip_loads_a_released_style_checkpoint(tmp_path, tiny_models):
 
     from mmsearch.encoder import Encoder
 
-    source = tiny_models["cn_clip"]
+    source = cn_clip_dir
     released = tmp_path / "released"
     released.mkdir()
     shutil.copy(source / "cn_clip_config.json", released)
@@ -212,6 +220,7 @@ def test_cn_clip_loads_a_released_style_checkpoint(tmp_path, tiny_models):
 
 
 def test_cn_clip_references_resolve_offline(tmp_path):
+    pytest.importorskip("cn_clip")
     cfg = cn_clip_config("cn-clip:ViT-B-16")
     assert cfg["embed_dim"] == 512 and cfg["text_hidden_size"] == 768
     assert cfg["image_resolution"] == 224 and cfg["context_length"] == 52
@@ -226,7 +235,7 @@ def test_cn_clip_references_resolve_offline(tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_finetune_and_eval_with_chinese_captions(tmp_path, tiny_models, family):
+def test_finetune_and_eval_with_chinese_captions(tmp_path, tiny_model, family):
     images = tmp_path / "img"
     images.mkdir()
     rows = ["image,caption"]
@@ -236,7 +245,7 @@ def test_finetune_and_eval_with_chinese_captions(tmp_path, tiny_models, family):
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("\n".join(rows) + "\n", encoding="utf-8")
     out = tmp_path / "tuned"
-    _run("finetune", str(pairs), "--out", str(out), "--model", str(tiny_models[family]),
+    _run("finetune", str(pairs), "--out", str(out), "--model", str(tiny_model),
          "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--lock-image")  # fmt: skip
     metrics = json.loads(_run("eval", str(pairs), "--model", str(out), "--json"))
     assert metrics["n"] == 8 and 0 <= metrics["t2i_r1"] <= 1
@@ -245,7 +254,7 @@ def test_finetune_and_eval_with_chinese_captions(tmp_path, tiny_models, family):
 
     moved = shutil.copytree(out, tmp_path / "moved")
     tuned = Encoder.load(str(moved), device="cpu")
-    base = Encoder.load(str(tiny_models[family]), device="cpu")
+    base = Encoder.load(str(tiny_model), device="cpu")
     assert tuned.spec.identity != base.spec.identity
     assert not np.allclose(tuned.encode_texts([QUERY]), base.encode_texts([QUERY]), atol=1e-4)
     # --lock-image froze the image tower: the same image vectors as before
@@ -253,7 +262,7 @@ def test_finetune_and_eval_with_chinese_captions(tmp_path, tiny_models, family):
     np.testing.assert_allclose(tuned.encode_images(image), base.encode_images(image), atol=1e-6)
 
 
-def test_info_says_why_a_model_is_not_exported(tmp_path, tiny_models, monkeypatch):
+def test_info_says_why_a_model_is_not_exported(tmp_path, cn_clip_dir, monkeypatch):
     """A model whose towers cannot be exported keeps torch; `mmsearch info` says why, and
     later runs do not try again (each try costs an export)."""
     import mmsearch.export
@@ -262,7 +271,7 @@ def test_info_says_why_a_model_is_not_exported(tmp_path, tiny_models, monkeypatc
     monkeypatch.setattr(mmsearch.export, "_hf_backend", lambda tok: None)  # as if unsupported
     photos, corpus = _data(tmp_path)
     idx = tmp_path / "idx"
-    _run("index", "--texts", str(corpus), "--model", str(tiny_models["cn_clip"]),
+    _run("index", "--texts", str(corpus), "--model", str(cn_clip_dir),
          "--index", str(idx))  # fmt: skip
     info = json.loads(_run("info", "--index", str(idx), "--json"))
     assert info["query_runtime"].startswith("torch (not exportable: ")
@@ -276,12 +285,12 @@ def test_info_says_why_a_model_is_not_exported(tmp_path, tiny_models, monkeypatc
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-def test_onnx_query_runtime_answers_like_torch(tmp_path, tiny_models, monkeypatch, family):
+def test_onnx_query_runtime_answers_like_torch(tmp_path, tiny_model, monkeypatch, family):
     """The index run exports the towers (checked against torch at cosine >= 0.9999 on
     probes, Chinese among them); `mmsearch query` answers the same with both runtimes."""
     photos, corpus = _data(tmp_path)
     idx = tmp_path / "idx"
-    _run("index", str(photos), "--texts", str(corpus), "--model", str(tiny_models[family]),
+    _run("index", str(photos), "--texts", str(corpus), "--model", str(tiny_model),
          "--index", str(idx))  # fmt: skip
     info = json.loads(_run("info", "--index", str(idx), "--json"))
     assert info["query_runtime"].startswith("onnx"), info["query_runtime"]
