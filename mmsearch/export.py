@@ -123,6 +123,19 @@ def _text_trimmable(model: torch.nn.Module) -> bool:
     )
 
 
+def _pad_trimmable(model: torch.nn.Module) -> bool:
+    """Whether the text tower ignores padding: a Hugging Face transformer under an attention
+    mask built from the pad id, pooled over the unmasked tokens or at the first one
+    (open_clip's ``HFTextEncoder``), or Chinese-CLIP's BERT (mask from [PAD], the [CLS]
+    token). Queries then feed it only up to the last non-pad token of the batch (marked
+    ``trim: "pad"``); the export check compares that with torch on full-length input."""
+    from open_clip.hf_model import HFTextEncoder
+
+    from .chinese_clip import ChineseClip
+
+    return isinstance(getattr(model, "text", None), HFTextEncoder) or isinstance(model, ChineseClip)
+
+
 def _encode_trimmed_text(model: Any, text: torch.Tensor) -> torch.Tensor:
     """open_clip's ``CLIP.encode_text`` for ``text`` of any length up to the context: the
     positional embedding and the causal mask cut to that length."""
@@ -143,7 +156,7 @@ def _encode_trimmed_text(model: Any, text: torch.Tensor) -> torch.Tensor:
 class _Tower(torch.nn.Module):
     """One tower of an open_clip model, with the L2 normalisation the index relies on."""
 
-    def __init__(self, model: torch.nn.Module, tower: str, trim: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, tower: str, trim: bool | str = False) -> None:
         super().__init__()
         self.model = model
         self.tower = tower
@@ -152,7 +165,7 @@ class _Tower(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tower == "image":
             feats = self.model.encode_image(x)
-        elif self.trim:
+        elif self.trim is True:  # CLIP's causal tower: cut to the length it is given
             feats = _encode_trimmed_text(self.model, x)
         else:
             feats = self.model.encode_text(x)
@@ -187,12 +200,13 @@ def export_model(
     tmp.mkdir()
     try:
         _write_tokenizer(encoder, meta["tokenizer"], tmp)
-        trim = _text_trimmable(model)
+        trim = _text_trimmable(model) or (fmt.TRIM_PAD if _pad_trimmable(model) else False)
         meta["towers"]["text"]["trim"] = trim
         tokens = encoder.tokenizer(["a photo of", "a dog"])
         _export_tower(
-            model, "text", tokens[:, :8] if trim else tokens, tmp / fmt.TEXT_FILE, trim=trim
-        )
+            model, "text", tokens[:, :8] if trim else tokens, tmp / fmt.TEXT_FILE, trim=trim,
+            max_tokens=encoder.context_length,
+        )  # fmt: skip
         height, width = meta["image"]["size"]
         pixels = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
         _export_tower(model, "image", pixels, tmp / fmt.IMAGE_FILE)
@@ -357,13 +371,19 @@ def _cpu_fp32(encoder: Encoder) -> torch.nn.Module:
 
 
 def _export_tower(
-    model: torch.nn.Module, tower: str, example: torch.Tensor, path: Path, trim: bool = False
+    model: torch.nn.Module,
+    tower: str,
+    example: torch.Tensor,
+    path: Path,
+    trim: bool | str = False,
+    max_tokens: int | None = None,
 ) -> None:
     wrapper = _Tower(model, tower, trim).eval()
     batch = torch.export.Dim("batch", min=1, max=65536)
     dynamic: dict[int, Any] = {0: batch}
     if trim:  # any length from 2 (start and end tokens) to the context length
-        dynamic[1] = torch.export.Dim("tokens", min=2, max=int(model.positional_embedding.shape[0]))
+        longest = model.positional_embedding.shape[0] if trim is True else max_tokens
+        dynamic[1] = torch.export.Dim("tokens", min=2, max=int(longest))
     name = fmt.TEXT_INPUT if tower == "text" else fmt.IMAGE_INPUT
     try:
         # The exporter warns about things that are fine here (and logs its progress).

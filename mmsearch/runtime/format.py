@@ -25,5 +25,9 @@ OUTPUT = "unit_embedding"
 TOKENIZER_CLIP_BPE = "clip-bpe"
 TOKENIZER_HF = "hf-tokenizers"
 HF_TOKENIZER_FILE = "tokenizer.json"
+#: ``towers.text.trim``: true — CLIP's causal tower, cut after the end token (the largest
+#: id); "pad" — a tower that ignores padding, cut after the last non-pad token. (Only
+#: hf-tokenizers runtimes, which older readers refuse, carry "pad".)
+TRIM_PAD = "pad"
 #: Least cosine between an exported tower's embedding and torch's on every probe.
 MIN_COSINE = 0.9999

@@ -126,9 +126,14 @@ class QueryRuntime:
     def text_input(self, texts: list[str]) -> np.ndarray:
         """Token ids for the text tower: padded to the context length, or — for a tower
         exported with ``trim`` (the embedding depends only on tokens up to the end token) —
-        cut after the last end token of the batch, which saves most of the work."""
+        cut after the last end token of the batch, which saves most of the work; for a
+        tower that ignores padding (``trim: "pad"``), after the last non-pad token."""
         ids = self.tokenizer(texts)
-        if self.meta["towers"]["text"].get("trim"):
+        trim = self.meta["towers"]["text"].get("trim")
+        if trim == fmt.TRIM_PAD:  # cut after the last column holding a non-pad token
+            used = np.flatnonzero((ids != self.meta["tokenizer"]["pad_id"]).any(axis=0))
+            ids = np.ascontiguousarray(ids[:, : max(int(used[-1]) + 1 if used.size else 0, 2)])
+        elif trim:
             ids = np.ascontiguousarray(ids[:, : int(ids.argmax(axis=1).max()) + 1])
         return ids
 
