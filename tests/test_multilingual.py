@@ -294,6 +294,14 @@ def test_onnx_query_runtime_answers_like_torch(tmp_path, tiny_model, monkeypatch
          "--index", str(idx))  # fmt: skip
     info = json.loads(_run("info", "--index", str(idx), "--json"))
     assert info["query_runtime"].startswith("onnx"), info["query_runtime"]
+    from mmsearch.runtime import QueryRuntime
+
+    runtime = QueryRuntime.load(info["query_runtime"][len("onnx (") : -1])
+    assert runtime.meta["tokenizer"]["kind"] == "hf-tokenizers"
+    # the tower ignores padding: a short query is fed only up to its last token
+    assert runtime.meta["towers"]["text"]["trim"] == "pad"
+    short = runtime.text_input([QUERY])
+    assert short.shape[1] == runtime.count_tokens(QUERY) < runtime.context_length
     answers = {}
     for runtime in ("onnx", "torch"):
         monkeypatch.setenv(config.ENV_QUERY_RUNTIME, runtime)
