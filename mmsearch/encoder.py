@@ -1,6 +1,10 @@
 """The OpenCLIP dual encoder — the only module (with fine-tuning and export) that imports
 torch: load a model (GPU when present), encode images and texts, save a model directory.
 
+Chinese-CLIP models (``cn-clip:…``) load through :mod:`mmsearch.chinese_clip`, which gives
+them the interface of an open_clip model; open_clip models whose text tower is a Hugging
+Face transformer load their config and tokenizer from the model directory.
+
 Which model a reference names is decided without torch in :mod:`mmsearch.models`.
 """
 
@@ -23,14 +27,19 @@ from PIL import Image
 from .config import ENV_DEVICE, TINY_MODEL
 from .errors import ModelError
 from .models import (
+    CN_CLIP_CONFIG_FILE,
+    CN_CLIP_PREFIX,
+    CN_CLIP_WEIGHTS_FILE,
     CONFIG_DIR,
     MODEL_CONFIG_FILE,
     MODEL_META_FILE,
     MODEL_WEIGHTS_FILE,
     TINY_SEED,
     ModelSpec,
+    _find_checkpoint,
     architecture_config,
     check_weights_available,
+    hf_text_paths,
     model_record,
     resolve_dir,
     resolve_model,
@@ -128,16 +137,37 @@ class Encoder:
         spec = model if isinstance(model, ModelSpec) else resolve_model(model, pretrained)
         check_weights_available(spec)
         dev = pick_device(device)
+        if spec.model.startswith(CN_CLIP_PREFIX):
+            return cls._load_cn_clip(spec, dev)
+        model_cfg = _model_cfg(spec)
+        hf_paths = hf_text_paths(spec, model_cfg)
         try:
             with torch.random.fork_rng(devices=[]), _quiet_random_init(spec):
                 torch.manual_seed(TINY_SEED)
                 net, _, preprocess = open_clip.create_model_and_transforms(
-                    spec.model, pretrained=spec.pretrained, device=dev
-                )
-            tokenizer = open_clip.get_tokenizer(spec.model)
-        except (RuntimeError, ValueError, OSError, KeyError) as exc:
+                    spec.model, pretrained=spec.pretrained, device=dev,
+                    **_hf_text_overrides(model_cfg, hf_paths),
+                )  # fmt: skip
+            tokenizer = _hf_tokenizer(model_cfg, hf_paths) or open_clip.get_tokenizer(spec.model)
+        except (RuntimeError, ValueError, OSError, KeyError, ImportError) as exc:
             raise ModelError(f"cannot load model {spec.display}: {exc}") from exc
-        model_cfg = _model_cfg(spec)
+        logger.info("loaded %s on %s", spec.display, dev)
+        return cls(spec, net, preprocess, tokenizer, dev, model_cfg)
+
+    @classmethod
+    def _load_cn_clip(cls, spec: ModelSpec, dev: torch.device) -> Encoder:
+        """A Chinese-CLIP model (:mod:`mmsearch.chinese_clip`): its released architecture
+        and checkpoint file, or a model directory."""
+        from . import chinese_clip
+
+        model_cfg = architecture_config(spec.model)
+        checkpoint = Path(spec.pretrained) if spec.pretrained else None
+        if checkpoint is None:
+            directory = Path(spec.model[len(CN_CLIP_PREFIX) :])
+            checkpoint = directory / CN_CLIP_WEIGHTS_FILE
+            if not checkpoint.is_file():
+                checkpoint = _find_checkpoint(directory)
+        net, preprocess, tokenizer = chinese_clip.load(model_cfg, checkpoint, dev)
         logger.info("loaded %s on %s", spec.display, dev)
         return cls(spec, net, preprocess, tokenizer, dev, model_cfg)
 
@@ -182,7 +212,8 @@ class Encoder:
         if hasattr(self.tokenizer, "encode"):
             return len(self.tokenizer.encode(text)) + 2
         if inner is not None:
-            return len(inner(text)["input_ids"])
+            clean = getattr(self.tokenizer, "clean_fn", None) or (lambda t: t)
+            return len(inner(clean(text))["input_ids"])
         return 0
 
     def is_truncated(self, text: str) -> bool:
@@ -204,6 +235,9 @@ class Encoder:
 
     def preprocess_cfg(self) -> dict[str, Any]:
         """The image preprocessing the model was configured with (size, mean, std ...)."""
+        own = getattr(self.model, "preprocess_cfg", None)  # a Chinese-CLIP model has its own
+        if callable(own):
+            return dict(own())
         return dict(open_clip.get_model_preprocess_cfg(self.model))
 
     def save(self, out_dir: str | os.PathLike, meta: dict[str, Any] | None = None) -> ModelSpec:
@@ -217,19 +251,66 @@ class Encoder:
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        config = {"model_cfg": self.model_cfg, "preprocess_cfg": self.preprocess_cfg()}
-        (out / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=list))
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}
-        tmp = out / (MODEL_WEIGHTS_FILE + ".tmp")
-        save_file(state, str(tmp))
-        os.replace(tmp, out / MODEL_WEIGHTS_FILE)
+        if self.spec.model.startswith(CN_CLIP_PREFIX):
+            from . import chinese_clip
+
+            weights = chinese_clip.save(self.model, out, CN_CLIP_CONFIG_FILE, CN_CLIP_WEIGHTS_FILE)
+        else:
+            weights = out / MODEL_WEIGHTS_FILE
+            model_cfg = self._save_hf_text(out)
+            config = {"model_cfg": model_cfg, "preprocess_cfg": self.preprocess_cfg()}
+            (out / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=list))
+            state = {
+                k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()
+            }
+            tmp = out / (MODEL_WEIGHTS_FILE + ".tmp")
+            save_file(state, str(tmp))
+            os.replace(tmp, weights)
         h = hashlib.blake2b(digest_size=16)
-        with (out / MODEL_WEIGHTS_FILE).open("rb") as f:
+        with weights.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 h.update(chunk)
         info = {"fingerprint": h.hexdigest(), "base": self.spec.identity, **(meta or {})}
         (out / MODEL_META_FILE).write_text(json.dumps(info, indent=2))
         return resolve_dir(out)
+
+    def _save_hf_text(self, out: Path) -> dict[str, Any]:
+        """A Hugging Face text tower's config and tokenizer files go into the directory
+        itself (``hf_model_name`` ``"."``), so that it loads offline wherever it is moved."""
+        text_cfg = self.model_cfg.get("text_cfg") or {}
+        text = getattr(self.model, "text", None)
+        if not text_cfg.get("hf_model_name") or not hasattr(text, "config"):
+            return self.model_cfg
+        text.config.save_pretrained(out)
+        inner = getattr(self.tokenizer, "tokenizer", None)
+        if inner is not None and hasattr(inner, "save_pretrained"):
+            inner.save_pretrained(out)
+        local = {"hf_model_name": ".", "hf_tokenizer_name": "."}
+        return {**self.model_cfg, "text_cfg": {**text_cfg, **local}}
+
+
+def _hf_text_overrides(model_cfg: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
+    """open_clip reads a model directory's config itself and hands ``hf_model_name`` to
+    transformers as it stands (relative to the working directory); the text config is
+    passed again with the names made absolute. The directory's checkpoint holds the text
+    weights, so transformers builds the tower from its config alone."""
+    if not paths:
+        return {}
+    text_cfg = {**model_cfg["text_cfg"], **paths, "hf_model_pretrained": False}
+    return {"text_cfg": text_cfg}
+
+
+def _hf_tokenizer(model_cfg: dict[str, Any], paths: dict[str, str]) -> Any:
+    """open_clip's HFTokenizer on the local tokenizer directory (None: not such a model)."""
+    if "hf_tokenizer_name" not in paths:
+        return None
+    text_cfg = model_cfg["text_cfg"]
+    return open_clip.tokenizer.HFTokenizer(
+        paths["hf_tokenizer_name"],
+        context_length=text_cfg.get("context_length", open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH),
+        tokenizer_mode=text_cfg.get("tokenizer_mode"),
+        **text_cfg.get("tokenizer_kwargs", {}),
+    )
 
 
 def _normalise(feats: torch.Tensor) -> np.ndarray:

@@ -123,6 +123,19 @@ def _text_trimmable(model: torch.nn.Module) -> bool:
     )
 
 
+def _pad_trimmable(model: torch.nn.Module) -> bool:
+    """Whether the text tower ignores padding: a Hugging Face transformer under an attention
+    mask built from the pad id, pooled over the unmasked tokens or at the first one
+    (open_clip's ``HFTextEncoder``), or Chinese-CLIP's BERT (mask from [PAD], the [CLS]
+    token). Queries then feed it only up to the last non-pad token of the batch (marked
+    ``trim: "pad"``); the export check compares that with torch on full-length input."""
+    from open_clip.hf_model import HFTextEncoder
+
+    from .chinese_clip import ChineseClip
+
+    return isinstance(getattr(model, "text", None), HFTextEncoder) or isinstance(model, ChineseClip)
+
+
 def _encode_trimmed_text(model: Any, text: torch.Tensor) -> torch.Tensor:
     """open_clip's ``CLIP.encode_text`` for ``text`` of any length up to the context: the
     positional embedding and the causal mask cut to that length."""
@@ -143,7 +156,7 @@ def _encode_trimmed_text(model: Any, text: torch.Tensor) -> torch.Tensor:
 class _Tower(torch.nn.Module):
     """One tower of an open_clip model, with the L2 normalisation the index relies on."""
 
-    def __init__(self, model: torch.nn.Module, tower: str, trim: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, tower: str, trim: bool | str = False) -> None:
         super().__init__()
         self.model = model
         self.tower = tower
@@ -152,7 +165,7 @@ class _Tower(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tower == "image":
             feats = self.model.encode_image(x)
-        elif self.trim:
+        elif self.trim is True:  # CLIP's causal tower: cut to the length it is given
             feats = _encode_trimmed_text(self.model, x)
         else:
             feats = self.model.encode_text(x)
@@ -186,13 +199,14 @@ def export_model(
     tmp = out.with_name(f".{out.name}.{os.getpid()}-{time.monotonic_ns()}.tmp")
     tmp.mkdir()
     try:
-        shutil.copyfile(open_clip.tokenizer.default_bpe(), tmp / _BPE_FILE)
-        trim = _text_trimmable(model)
+        _write_tokenizer(encoder, meta["tokenizer"], tmp)
+        trim = _text_trimmable(model) or (fmt.TRIM_PAD if _pad_trimmable(model) else False)
         meta["towers"]["text"]["trim"] = trim
         tokens = encoder.tokenizer(["a photo of", "a dog"])
         _export_tower(
-            model, "text", tokens[:, :8] if trim else tokens, tmp / fmt.TEXT_FILE, trim=trim
-        )
+            model, "text", tokens[:, :8] if trim else tokens, tmp / fmt.TEXT_FILE, trim=trim,
+            max_tokens=encoder.context_length,
+        )  # fmt: skip
         height, width = meta["image"]["size"]
         pixels = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
         _export_tower(model, "image", pixels, tmp / fmt.IMAGE_FILE)
@@ -247,25 +261,102 @@ def _describe(encoder: Encoder) -> dict[str, Any]:
     }
 
 
+def _write_tokenizer(encoder: Encoder, spec: dict[str, Any], directory: Path) -> None:
+    """The tokenizer's files: CLIP's BPE vocabulary, or a ``tokenizer.json``."""
+    if spec["kind"] == fmt.TOKENIZER_CLIP_BPE:
+        shutil.copyfile(open_clip.tokenizer.default_bpe(), directory / _BPE_FILE)
+        return
+    backend = _hf_backend(encoder.tokenizer)
+    if backend is None:
+        raise ExportError(f"{encoder.spec.display}: no tokenizer.json to write")
+    backend.save(str(directory / spec["files"]["tokenizer"]))
+
+
+def _hf_backend(tok: Any) -> Any:
+    """The ``tokenizers.Tokenizer`` behind a multilingual model's tokenizer: a fast
+    transformers tokenizer's own, or one built from Chinese-CLIP's WordPiece vocabulary."""
+    inner = getattr(tok, "tokenizer", None)
+    if inner is not None and getattr(inner, "is_fast", False):
+        return inner.backend_tokenizer
+    vocab_file = getattr(tok, "vocab_file", None)
+    if vocab_file is None:
+        return None
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    from .chinese_clip import MAX_WORD_CHARS
+
+    # cn_clip's BasicTokenizer (clean, split CJK characters, lower case and strip accents,
+    # split punctuation) and WordpieceTokenizer, as tokenizers' BERT pieces.
+    vocab = {}
+    with open(vocab_file, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            vocab.setdefault(line.rstrip("\n").strip(), i)
+    backend = Tokenizer(
+        models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=MAX_WORD_CHARS)
+    )
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+    )
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return backend
+
+
+def _hf_tokenizer_spec(encoder: Encoder) -> dict[str, Any]:
+    """runtime.json's record of a ``tokenizer.json`` tokenizer (see
+    :class:`mmsearch.runtime.hf_tokenizer.HFTokenizer`), or ExportError."""
+    tok = encoder.tokenizer
+    display = encoder.spec.display
+    inner = getattr(tok, "tokenizer", None)
+    if inner is not None:  # open_clip's HFTokenizer
+        if getattr(tok, "tokenizer_mode", "") or getattr(tok, "strip_sep_token", False):
+            raise ExportError(f"{display}: tokenizer mode 'clips' / strip_sep_token not supported")
+        if not getattr(inner, "is_fast", False):
+            raise ExportError(
+                f"{display}: a slow (Python) transformers tokenizer has no tokenizer.json"
+            )
+        ends = list(inner("")["input_ids"])
+        if len(ends) != 2:
+            raise ExportError(f"{display}: tokenizer adds {len(ends)} special tokens, not 2")
+        start, end, pad = ends[0], ends[1], inner.pad_token_id
+        clean = _CLEANERS.get(getattr(tok, "clean_fn", None))
+        if clean is None:
+            raise ExportError(f"{display}: unknown tokenizer cleaning {tok.clean_fn!r}")
+    else:  # Chinese-CLIP's BERT tokenizer
+        start, end, pad, clean = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, None
+    return {
+        "kind": fmt.TOKENIZER_HF,
+        "clean": clean,
+        "start_id": int(start),
+        "end_id": int(end),
+        "pad_id": int(pad),
+        "files": {"tokenizer": fmt.HF_TOKENIZER_FILE},
+    }
+
+
+_CLEANERS = {
+    open_clip.tokenizer._clean_lower: "lower",
+    open_clip.tokenizer._clean_whitespace: "whitespace",
+    open_clip.tokenizer._clean_canonicalize: "canonicalize",
+}
+
+
 def _tokenizer_spec(encoder: Encoder) -> dict[str, Any]:
     tok = encoder.tokenizer
     name = type(tok).__name__
+    if _hf_backend(tok) is not None:
+        return _hf_tokenizer_spec(encoder)
     if not isinstance(tok, open_clip.tokenizer.SimpleTokenizer):
         raise ExportError(
             f"{encoder.spec.display}: tokenizer {name} is not supported by the query runtime "
-            "(it implements open_clip's CLIP BPE SimpleTokenizer only)"
+            "(it implements open_clip's CLIP BPE SimpleTokenizer and fast Hugging Face and "
+            "Chinese-CLIP tokenizers)"
         )
     if tok.reduction_fn is not None or tok.vocab_size != _CLIP_VOCAB_SIZE:
         raise ExportError(
             f"{encoder.spec.display}: tokenizer {name} uses a reduction mask or extra special "
             "tokens, which the query runtime does not implement"
         )
-    cleaners = {
-        open_clip.tokenizer._clean_lower: "lower",
-        open_clip.tokenizer._clean_whitespace: "whitespace",
-        open_clip.tokenizer._clean_canonicalize: "canonicalize",
-    }
-    clean = cleaners.get(tok.clean_fn)
+    clean = _CLEANERS.get(tok.clean_fn)
     if clean is None:
         raise ExportError(f"{encoder.spec.display}: unknown tokenizer cleaning {tok.clean_fn!r}")
     return {"kind": fmt.TOKENIZER_CLIP_BPE, "clean": clean, "files": {"bpe": _BPE_FILE}}
@@ -280,13 +371,19 @@ def _cpu_fp32(encoder: Encoder) -> torch.nn.Module:
 
 
 def _export_tower(
-    model: torch.nn.Module, tower: str, example: torch.Tensor, path: Path, trim: bool = False
+    model: torch.nn.Module,
+    tower: str,
+    example: torch.Tensor,
+    path: Path,
+    trim: bool | str = False,
+    max_tokens: int | None = None,
 ) -> None:
     wrapper = _Tower(model, tower, trim).eval()
     batch = torch.export.Dim("batch", min=1, max=65536)
     dynamic: dict[int, Any] = {0: batch}
     if trim:  # any length from 2 (start and end tokens) to the context length
-        dynamic[1] = torch.export.Dim("tokens", min=2, max=int(model.positional_embedding.shape[0]))
+        longest = model.positional_embedding.shape[0] if trim is True else max_tokens
+        dynamic[1] = torch.export.Dim("tokens", min=2, max=int(longest))
     name = fmt.TEXT_INPUT if tower == "text" else fmt.IMAGE_INPUT
     try:
         # The exporter warns about things that are fine here (and logs its progress).

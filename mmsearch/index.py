@@ -699,6 +699,9 @@ class Index:
         try:
             runtime = self._runtime(info["identity"])
         except QueryRuntimeError as exc:
+            failed = _export_failure(info["identity"])
+            if failed:
+                return f"torch (not exportable: {failed}; `mmsearch export-model` retries)"
             return f"torch ({exc.reason}; `mmsearch export-model` exports it)"
         return f"onnx ({runtime.path})"
 
@@ -732,7 +735,14 @@ class Index:
                 return None
             except QueryRuntimeError:
                 pass
-        report = export_model(self.encoder(), config.runtime_dir(spec.identity))
+        note = _export_failure_file(spec.identity)
+        try:
+            report = export_model(self.encoder(), config.runtime_dir(spec.identity))
+        except MMSearchError as exc:  # remembered: info says why, runs do not retry
+            note.parent.mkdir(parents=True, exist_ok=True)
+            note.write_text(str(exc), encoding="utf-8")
+            raise
+        note.unlink(missing_ok=True)
         self._query_encoder = self._loaded_runtime = None
         return report
 
@@ -741,6 +751,8 @@ class Index:
         with a valid export does nothing); a model that cannot be exported keeps torch."""
         if self._encoder is None or config.query_runtime_choice() == "torch":
             return
+        if _export_failure(self._spec().identity):
+            return  # this model failed to export before; `mmsearch export-model` retries
         try:
             report = self.export_runtime()
         except MMSearchError as exc:
@@ -872,3 +884,17 @@ def _merge(own: Filters, extra: Filters | None) -> Filters:
 
     changes = {f.name: getattr(extra, f.name) for f in fields(extra)}
     return replace(own, **{k: v for k, v in changes.items() if v not in (None, ())})
+
+
+def _export_failure_file(identity: str) -> Path:
+    """Where the reason a model's towers could not be exported is kept (beside its
+    runtime directory), so that ``mmsearch info`` says why queries use torch."""
+    directory = config.runtime_dir(identity)
+    return directory.with_name(directory.name + ".export-error")
+
+
+def _export_failure(identity: str) -> str | None:
+    try:
+        return _export_failure_file(identity).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None

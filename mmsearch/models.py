@@ -7,7 +7,15 @@ Model references accepted everywhere a model is named (``--model``/``--pretraine
 * ``hf-hub:org/repo`` (config and weights from the Hugging Face hub, cached);
 * ``local-dir:/path`` or a plain directory path: a directory holding ``open_clip_config.json``
   and a checkpoint, such as the one ``mmsearch finetune`` writes;
-* ``mmsearch-tiny``: a tiny seeded random-initialised model for tests and offline smoke runs.
+* ``mmsearch-tiny``: a tiny seeded random-initialised model for tests and offline smoke runs;
+* ``cn-clip:ViT-B-16`` (a Chinese-CLIP architecture of the ``cn_clip`` package, weights from
+  ``--pretrained FILE`` or cn_clip's cache ``~/.cache/clip``) or ``cn-clip:/path`` — or a
+  plain directory holding ``cn_clip_config.json`` and a checkpoint.
+
+A model directory whose text tower comes from Hugging Face transformers (open_clip's
+multilingual models: ``text_cfg.hf_model_name``) may name its transformer config and
+tokenizer by a path relative to the directory (``"."``: the files lie in it), so that the
+directory works offline wherever it is moved (:func:`hf_text_paths`).
 
 Resolving a reference (:func:`resolve_model`) is cheap, loads no weights and imports no torch:
 open_clip's architecture configs (JSON files) and its table of pretrained tags (a module of
@@ -43,6 +51,26 @@ TINY_SEED = 0
 MODEL_CONFIG_FILE = "open_clip_config.json"
 MODEL_WEIGHTS_FILE = "open_clip_model.safetensors"
 MODEL_META_FILE = "mmsearch_model.json"
+#: A Chinese-CLIP model reference (``cn-clip:ViT-B-16`` or ``cn-clip:/dir``) and its files.
+CN_CLIP_PREFIX = "cn-clip:"
+CN_CLIP_CONFIG_FILE = "cn_clip_config.json"
+CN_CLIP_WEIGHTS_FILE = "cn_clip_model.safetensors"
+#: cn_clip's released architectures: vision@text config names, input resolution, the
+#: checkpoint file cn_clip downloads to ``~/.cache/clip`` (we never download it).
+CN_CLIP_MODELS = {
+    "ViT-B-16": ("ViT-B-16", "RoBERTa-wwm-ext-base-chinese", 224, "clip_cn_vit-b-16.pt"),
+    "ViT-L-14": ("ViT-L-14", "RoBERTa-wwm-ext-base-chinese", 224, "clip_cn_vit-l-14.pt"),
+    "ViT-L-14-336": (
+        "ViT-L-14-336",
+        "RoBERTa-wwm-ext-base-chinese",
+        336,
+        "clip_cn_vit-l-14-336.pt",
+    ),
+    "ViT-H-14": ("ViT-H-14", "RoBERTa-wwm-ext-large-chinese", 224, "clip_cn_vit-h-14.pt"),
+    "RN50": ("RN50", "RBT3-chinese", 224, "clip_cn_rn50.pt"),
+}
+#: cn_clip's context length (all its released models are trained with 52 tokens).
+CN_CLIP_CONTEXT_LENGTH = 52
 #: Host probed before a download, so that no network fails in milliseconds, not minutes.
 _HUB_HOST = ("huggingface.co", 443)
 
@@ -86,6 +114,8 @@ def architectures() -> dict[str, Path]:
 def architecture_config(name: str) -> dict[str, Any]:
     """The architecture config (``embed_dim``, ``vision_cfg``, ``text_cfg`` …) of a
     built-in architecture or a model directory's ``local-dir:`` reference."""
+    if name.startswith(CN_CLIP_PREFIX):
+        return cn_clip_config(name)
     if name.startswith("local-dir:"):
         path = Path(name[len("local-dir:") :]) / MODEL_CONFIG_FILE
         return dict(json.loads(path.read_text())["model_cfg"])
@@ -164,7 +194,8 @@ def _find_checkpoint(directory: Path) -> Path | None:
 
 def resolve_dir(directory: Path) -> ModelSpec:
     directory = directory.expanduser().resolve()
-    if not (directory / MODEL_CONFIG_FILE).is_file():
+    cn_clip = (directory / CN_CLIP_CONFIG_FILE).is_file()
+    if not cn_clip and not (directory / MODEL_CONFIG_FILE).is_file():
         raise ModelError(f"{directory} is not a model directory (no {MODEL_CONFIG_FILE} in it)")
     meta_path = directory / MODEL_META_FILE
     fingerprint = None
@@ -177,9 +208,9 @@ def resolve_dir(directory: Path) -> ModelSpec:
             raise ModelError(f"{directory} holds no checkpoint (*.safetensors, *.bin, *.pth)")
         fingerprint = _file_fingerprint(checkpoint)
     return ModelSpec(
-        model=f"local-dir:{directory}",
+        model=f"{CN_CLIP_PREFIX if cn_clip else 'local-dir:'}{directory}",
         pretrained=None,
-        identity=f"dir:{fingerprint}",
+        identity=f"{'cn-clip-dir' if cn_clip else 'dir'}:{fingerprint}",
         display=f"{directory.name} ({fingerprint[:12]})",
     )
 
@@ -214,6 +245,8 @@ def resolve_model(
     name = str(model) if model is not None else DEFAULT_MODEL
     if name.startswith("hf-hub:"):
         return ModelSpec(name, None, name, name)
+    if name.startswith(CN_CLIP_PREFIX):
+        return resolve_cn_clip(name[len(CN_CLIP_PREFIX) :], pretrained)
     if name.startswith("local-dir:"):
         return resolve_dir(Path(name[len("local-dir:") :]))
     if os.sep in name or name.startswith(".") or Path(name).is_dir():
@@ -297,3 +330,94 @@ def check_weights_available(spec: ModelSpec) -> None:
         raise WeightsUnavailableError(
             spec.model, spec.pretrained or "hub", "not cached and the model hub cannot be reached"
         )
+
+
+def _cn_clip_config_dir() -> Path:
+    """cn_clip's architecture configs (found, not imported: its import costs torch)."""
+    spec = importlib.util.find_spec("cn_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "Chinese-CLIP models need the cn_clip package: pip install 'mmsearch[multilingual]'"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "clip" / "model_configs"
+
+
+def cn_clip_config(name: str) -> dict[str, Any]:
+    """The architecture config of a Chinese-CLIP reference: what ``cn_clip.clip.model.CLIP``
+    takes (``embed_dim``, ``vision_*``, ``text_*``, ``vocab_size``), plus
+    ``image_resolution`` and ``context_length``.
+
+    ``cn-clip:ViT-B-16`` merges cn_clip's vision and text config files as cn_clip does;
+    ``cn-clip:/dir`` reads the directory's ``cn_clip_config.json``.
+    """
+    rest = name[len(CN_CLIP_PREFIX) :] if name.startswith(CN_CLIP_PREFIX) else name
+    if rest in CN_CLIP_MODELS:
+        vision, text, resolution, _ = CN_CLIP_MODELS[rest]
+        directory = _cn_clip_config_dir()
+        cfg = json.loads((directory / f"{vision}.json").read_text())
+        cfg.update(json.loads((directory / f"{text}.json").read_text()))
+        cfg["image_resolution"] = resolution
+    else:
+        path = Path(rest) / CN_CLIP_CONFIG_FILE
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read the Chinese-CLIP config {path}: {exc}") from exc
+    cfg.setdefault("context_length", CN_CLIP_CONTEXT_LENGTH)
+    return dict(cfg)
+
+
+def resolve_cn_clip(name: str, pretrained: str | None) -> ModelSpec:
+    """A ``cn-clip:`` reference: a released architecture with a local checkpoint (the
+    ``--pretrained`` file, else cn_clip's own download in ``~/.cache/clip``), or a directory.
+
+    Raises:
+        ModelError: unknown architecture, or not a directory with ``cn_clip_config.json``.
+        WeightsUnavailableError: the checkpoint of a released architecture is not here.
+    """
+    if name not in CN_CLIP_MODELS:
+        if Path(name).expanduser().is_dir():
+            if pretrained:
+                raise ModelError("a Chinese-CLIP model directory takes no --pretrained")
+            return resolve_dir(Path(name))
+        known = ", ".join(CN_CLIP_MODELS)
+        raise ModelError(
+            f"unknown Chinese-CLIP model {name!r}: use one of {known} or a model directory"
+        )
+    _cn_clip_config_dir()  # the package must be there
+    default = Path.home() / ".cache" / "clip" / CN_CLIP_MODELS[name][3]
+    path = Path(pretrained).expanduser() if pretrained else default
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"{CN_CLIP_PREFIX}{name}", str(path), "no such checkpoint file (never downloaded)"
+        )
+    path = path.resolve()
+    fingerprint = _file_fingerprint(path)
+    return ModelSpec(
+        f"{CN_CLIP_PREFIX}{name}",
+        str(path),
+        f"{CN_CLIP_PREFIX}{name}:file:{fingerprint}",
+        f"{CN_CLIP_PREFIX}{name} ({path.name})",
+    )
+
+
+def hf_text_paths(spec: ModelSpec, model_cfg: dict[str, Any]) -> dict[str, str]:
+    """Local paths of a Hugging Face text tower's config and tokenizer.
+
+    ``text_cfg.hf_model_name`` / ``hf_tokenizer_name`` of a model directory may be paths
+    relative to the directory (``"."`` when ``config.json`` and the tokenizer files lie
+    in it). Returns ``{"hf_model_name": abs, "hf_tokenizer_name": abs}`` for the names
+    that are such local paths; hub names (``xlm-roberta-base``) are left to transformers
+    and its cache (offline: ``HF_HUB_OFFLINE=1`` and a cached copy).
+    """
+    text_cfg = model_cfg.get("text_cfg") or {}
+    if not spec.model.startswith("local-dir:") or not text_cfg.get("hf_model_name"):
+        return {}
+    directory = Path(spec.model[len("local-dir:") :])
+    found: dict[str, str] = {}
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        name = text_cfg.get(key) or text_cfg.get("hf_model_name")
+        path = (directory / Path(name).expanduser()).resolve()  # an absolute name stays
+        if path.is_dir():
+            found[key] = str(path)
+    return found

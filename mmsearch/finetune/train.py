@@ -126,7 +126,7 @@ def _lock(model: torch.nn.Module, cfg: FinetuneConfig) -> None:
     if cfg.lock_text:
         model.lock_text_tower(unlocked_layers=cfg.unlocked_text_layers)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    if not [n for n in trainable if not n.startswith("logit_")]:
+    if not [n for n in trainable if "logit_scale" not in n]:  # Chinese-CLIP: clip.logit_scale
         raise MMSearchError("both towers are locked: nothing to train but the temperature")
 
 

@@ -1,6 +1,7 @@
 """The query runtime: a model's text and image towers as ONNX, run by onnxruntime.
 
-Encodes a query without torch or open_clip: :mod:`.tokenizer` (CLIP BPE), :mod:`.preprocess`
+Encodes a query without torch or open_clip: :mod:`.tokenizer` (CLIP BPE) or
+:mod:`.hf_tokenizer` (a ``tokenizer.json``: multilingual and Chinese models), :mod:`.preprocess`
 (Pillow + numpy image transform) and :mod:`.towers` (:class:`QueryRuntime`, onnxruntime
 sessions). ``mmsearch.export`` writes the directories this package reads.
 """

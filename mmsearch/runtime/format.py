@@ -20,7 +20,14 @@ IMAGE_FILE = "image.onnx"
 TEXT_INPUT = "token_ids"
 IMAGE_INPUT = "pixel_values"
 OUTPUT = "unit_embedding"
-#: The only tokenizer kind the runtime implements: open_clip's SimpleTokenizer (CLIP BPE).
+#: Tokenizer kinds: open_clip's SimpleTokenizer (CLIP BPE), and a Hugging Face
+#: ``tokenizer.json`` run by the ``tokenizers`` library (multilingual and Chinese models).
 TOKENIZER_CLIP_BPE = "clip-bpe"
+TOKENIZER_HF = "hf-tokenizers"
+HF_TOKENIZER_FILE = "tokenizer.json"
+#: ``towers.text.trim``: true — CLIP's causal tower, cut after the end token (the largest
+#: id); "pad" — a tower that ignores padding, cut after the last non-pad token. (Only
+#: hf-tokenizers runtimes, which older readers refuse, carry "pad".)
+TRIM_PAD = "pad"
 #: Least cosine between an exported tower's embedding and torch's on every probe.
 MIN_COSINE = 0.9999

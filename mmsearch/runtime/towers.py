@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..errors import QueryRuntimeError
 from . import format as fmt
+from .hf_tokenizer import HFTokenizer
 from .preprocess import ImageTransform
 from .tokenizer import ClipTokenizer
 
@@ -57,7 +58,7 @@ class QueryRuntime:
         dim: embedding dimension.
         context_length: token positions of the text tower.
         image_size: side, in pixels, of the square (the larger side) the image tower sees.
-        tokenizer: the CLIP BPE tokenizer.
+        tokenizer: the CLIP BPE tokenizer, or a Hugging Face ``tokenizer.json`` one.
         transform: the image preprocessing.
         meta: the parsed ``runtime.json``.
     """
@@ -125,9 +126,14 @@ class QueryRuntime:
     def text_input(self, texts: list[str]) -> np.ndarray:
         """Token ids for the text tower: padded to the context length, or — for a tower
         exported with ``trim`` (the embedding depends only on tokens up to the end token) —
-        cut after the last end token of the batch, which saves most of the work."""
+        cut after the last end token of the batch, which saves most of the work; for a
+        tower that ignores padding (``trim: "pad"``), after the last non-pad token."""
         ids = self.tokenizer(texts)
-        if self.meta["towers"]["text"].get("trim"):
+        trim = self.meta["towers"]["text"].get("trim")
+        if trim == fmt.TRIM_PAD:  # cut after the last column holding a non-pad token
+            used = np.flatnonzero((ids != self.meta["tokenizer"]["pad_id"]).any(axis=0))
+            ids = np.ascontiguousarray(ids[:, : max(int(used[-1]) + 1 if used.size else 0, 2)])
+        elif trim:
             ids = np.ascontiguousarray(ids[:, : int(ids.argmax(axis=1).max()) + 1])
         return ids
 
@@ -275,8 +281,10 @@ def _check_files(path: Path, meta: dict[str, Any]) -> None:
             )
 
 
-def _load_tokenizer(path: Path, meta: dict[str, Any]) -> ClipTokenizer:
+def _load_tokenizer(path: Path, meta: dict[str, Any]) -> ClipTokenizer | HFTokenizer:
     spec = meta["tokenizer"]
+    if spec.get("kind") == fmt.TOKENIZER_HF:
+        return _load_hf_tokenizer(path, meta)
     if spec.get("kind") != fmt.TOKENIZER_CLIP_BPE:
         raise QueryRuntimeError(path, f"tokenizer kind {spec.get('kind')!r} is not supported")
     try:
@@ -284,6 +292,25 @@ def _load_tokenizer(path: Path, meta: dict[str, Any]) -> ClipTokenizer:
             path / spec["files"]["bpe"], meta["context_length"], spec.get("clean", "lower")
         )
     except (OSError, EOFError, KeyError, ValueError) as exc:
+        raise QueryRuntimeError(path, f"cannot read the tokenizer: {exc}") from exc
+
+
+def _load_hf_tokenizer(path: Path, meta: dict[str, Any]) -> HFTokenizer:
+    spec = meta["tokenizer"]
+    try:
+        return HFTokenizer(
+            path / spec["files"]["tokenizer"],
+            meta["context_length"],
+            start_id=spec["start_id"],
+            end_id=spec["end_id"],
+            pad_id=spec["pad_id"],
+            clean=spec.get("clean"),
+        )
+    except ImportError as exc:
+        raise QueryRuntimeError(
+            path, f"its tokenizer needs the tokenizers package ({exc}): mmsearch[multilingual]"
+        ) from exc
+    except (OSError, KeyError, TypeError, ValueError) as exc:
         raise QueryRuntimeError(path, f"cannot read the tokenizer: {exc}") from exc
 
 
