@@ -24,6 +24,10 @@ from mmsearch.results import ProgressFactory, RunSummary, Skipped, no_progress
 
 logger = logging.getLogger(__name__)
 
+#: Encodes and commits planned jobs, returning those that failed to decode with the reason
+#: (the signature of :meth:`indexer.distributed.RayEncoding.encode_images`).
+JobEncoder = Callable[..., "list[tuple[_Job, str]]"]
+
 
 @dataclass
 class _Job:
@@ -72,6 +76,7 @@ def index_images(
     workers: int | None = None,
     progress: ProgressFactory | None = None,
     retry_skipped: bool = False,
+    encode_jobs: JobEncoder | None = None,
 ) -> RunSummary:
     """Bring the catalog's images under ``roots`` up to date with the disk.
 
@@ -96,6 +101,8 @@ def index_images(
         progress: progress bar factory; none by default.
         retry_skipped: forget the remembered bad files first and try them all again
             (after installing a decoder, say).
+        encode_jobs: encodes and commits the planned jobs elsewhere instead of here
+            (:meth:`indexer.distributed.RayEncoding.encode_images`: on a Ray cluster).
 
     Returns:
         The run's :class:`RunSummary`.
@@ -122,7 +129,9 @@ def index_images(
     jobs = _reuse_stored(catalog, plan, digests, summary)
 
     failed: list[tuple[_Job, str]] = []
-    if jobs:
+    if jobs and encode_jobs is not None:  # distributed: same jobs in, same rows out
+        failed = encode_jobs(catalog, jobs, get_encoder, progress, summary)
+    elif jobs:
         failed = _encode_images(catalog, jobs, get_encoder, batch_size, workers, progress, summary)
 
     # A changed file that no longer decodes takes its old item along: a search must not

@@ -246,10 +246,13 @@ def index_texts(
     get_encoder: Callable[[], EncoderLike],
     batch_size: int = 256,
     progress: ProgressFactory | None = None,
+    encode_texts: Callable[..., None] | None = None,
 ) -> RunSummary:
     """Add texts not already in the catalog (the same text is stored once).
 
     Texts longer than the model's context are cut to it and counted in ``truncated``.
+    ``encode_texts`` encodes and adds the new texts elsewhere instead of here
+    (:meth:`indexer.distributed.RayEncoding.encode_texts`: on a Ray cluster).
     """
     started = time.perf_counter()
     progress = progress or no_progress
@@ -264,7 +267,9 @@ def index_texts(
             continue
         known.add(digest)
         todo.append((rec, digest))
-    if todo:
+    if todo and encode_texts is not None:  # distributed: same texts in, same rows out
+        encode_texts(catalog, todo, get_encoder, progress, summary)
+    elif todo:
         encoder = load_encoder(catalog, get_encoder)
         bar = progress(len(todo), "encoding texts")
         try:

@@ -257,6 +257,20 @@ def _say_waiting(pid: int | None) -> None:
     help=f"If another process is writing the index, fail (exit {int(ExitStatus.BUSY)}) "
     "instead of waiting for it.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    metavar="[ADDRESS]",
+    help="Decode and encode on a Ray cluster: local (default: start one here), auto, "
+    "ray://HOST:PORT or HOST:PORT. Needs mmsearch[ray].",
+)
+@click.option(
+    "--ray-workers",
+    type=click.IntRange(1),
+    help="Ray encoding workers [default: one per GPU of the cluster, else per CPU].",
+)
 @model_options
 @index_option
 @json_option
@@ -277,6 +291,8 @@ def index_cmd(
     memory_budget: str | None,
     recall_target: float | None,
     no_wait: bool,
+    ray_address: str | None,
+    ray_workers: int | None,
     model: str | None,
     pretrained: str | None,
     device: str | None,
@@ -288,6 +304,7 @@ def index_cmd(
     Unchanged files are skipped, changed ones re-encoded, deleted ones removed; renamed,
     moved or duplicate files reuse their stored embedding.
     """
+    ray = _ray_options(ray_address, ray_workers, batch_size)
     tuning = index_type or memory_budget or recall_target
     if not paths and not text_files and not reembed and not tuning:
         raise click.UsageError("give image folders/files to index, --texts FILE, or --reembed")
@@ -309,8 +326,27 @@ def index_cmd(
             workers=workers,
             progress=_progress(not obj["quiet"]),
             retry_skipped=retry_skipped,
+            ray=ray,
         )
     _print_summary(summary, as_json)
+
+
+def _ray_options(address: str | None, workers: int | None, batch_size: int) -> Any:
+    """The Ray run asked for by --ray/--ray-workers (None: encode here)."""
+    if address is None:
+        if workers is not None:
+            raise click.UsageError("--ray-workers needs --ray")
+        return None
+    from indexer.distributed import RayOptions, check_address  # loads no ray
+
+    try:
+        check_address(address)
+    except ValueError as exc:
+        hint = (
+            " (put --ray after the paths, or write --ray=local)" if Path(address).exists() else ""
+        )
+        raise click.BadParameter(f"{exc}{hint}", param_hint="--ray") from exc
+    return RayOptions(address=address, workers=workers, batch_size=batch_size)
 
 
 def _parse_budget(text: str | None) -> int | None:

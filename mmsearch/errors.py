@@ -178,3 +178,15 @@ class IndexBusyError(MMSearchError):
             f"another mmsearch process ({who}) is writing the index at {path}; "
             "try again when it is done (or leave out --no-wait to wait for it)"
         )
+
+
+class RayUnavailableError(DependencyError):
+    """``--ray`` was asked for but Ray (with Ray Data) is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__("ray", "install it with pip install 'mmsearch[ray]' to encode on Ray")
+
+
+class DistributedError(MMSearchError):
+    """A distributed (Ray) run could not reach its cluster, or its workers failed beyond
+    their retries. What was committed before stays; the next run encodes the rest."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import numpy as np
 from PIL import Image
 
+from indexer.distributed import RayEncoding, RayOptions
 from indexer.pipeline import index_images
 from indexer.reembed import reembed
 from indexer.texts import TextRecord, index_texts, read_text_sources
@@ -226,13 +227,15 @@ class Index:
         workers: int | None = None,
         progress: ProgressFactory | None = None,
         retry_skipped: bool = False,
+        ray: RayOptions | None = None,
     ) -> RunSummary:
         """Index (or bring up to date) the images under ``paths``. Files that could not be
         decoded before and did not change since are not read again, unless
         ``retry_skipped``.
 
         Returns a :class:`RunSummary`: counts of added, updated, unchanged, removed and
-        reused items, and the files skipped with their reasons.
+        reused items, and the files skipped with their reasons. With ``ray``, the planned
+        files are decoded and encoded on a Ray cluster (:mod:`indexer.distributed`).
         """
         self._check_reembed_done()
         self._spec()  # refuse a mismatched model before any work
@@ -245,6 +248,7 @@ class Index:
             workers=workers,
             progress=progress,
             retry_skipped=retry_skipped,
+            encode_jobs=RayEncoding(ray).encode_images if ray else None,
         )
         self._reload_model_info()
         self.refresh("image")
@@ -268,21 +272,28 @@ class Index:
         column: str | None = None,
         field: str = "text",
         progress: ProgressFactory | None = None,
+        ray: RayOptions | None = None,
     ) -> RunSummary:
         """Index the texts of .txt (a line each), .jsonl (``field``) or .csv/.tsv
         (``column``) files. Lines that can't be parsed are skipped and listed."""
         result = read_text_sources(paths, column=column, field=field)
-        summary = self._add_text_records(result.records, progress)
+        summary = self._add_text_records(result.records, progress, ray)
         summary.skipped.extend(Skipped(src, reason) for src, reason in result.skipped)
         return summary
 
     @_writer
     def _add_text_records(
-        self, records: Sequence[TextRecord], progress: ProgressFactory | None
+        self,
+        records: Sequence[TextRecord],
+        progress: ProgressFactory | None,
+        ray: RayOptions | None = None,
     ) -> RunSummary:
         self._check_reembed_done()
         self._spec()
-        summary = index_texts(self.catalog, records, self.encoder, progress=progress)
+        remote = RayEncoding(ray).encode_texts if ray else None
+        summary = index_texts(
+            self.catalog, records, self.encoder, progress=progress, encode_texts=remote
+        )
         self._reload_model_info()
         self.refresh("text")
         self._export_after_run()
@@ -333,6 +344,7 @@ class Index:
         workers: int | None = None,
         progress: ProgressFactory | None = None,
         retry_skipped: bool = False,
+        ray: RayOptions | None = None,
     ) -> RunSummary:
         """Everything ``mmsearch index`` does, in its order: re-embed with the requested
         model (first: nothing else may touch a catalog whose re-embed is pending), apply
@@ -351,9 +363,12 @@ class Index:
                 workers=workers,
                 progress=progress,
                 retry_skipped=retry_skipped,
+                ray=ray,
             )
         if text_files:
-            total += self.add_text_files(text_files, column=column, field=field, progress=progress)
+            total += self.add_text_files(
+                text_files, column=column, field=field, progress=progress, ray=ray
+            )
         return total
 
     def _check_reembed_done(self) -> None:

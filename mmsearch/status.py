@@ -16,6 +16,7 @@ from .errors import (
     ModelError,
     ModelMismatchError,
     QueryError,
+    RayUnavailableError,
     StorageError,
 )
 
@@ -42,6 +43,7 @@ _BY_ERROR: tuple[tuple[type[MMSearchError], ExitStatus], ...] = (
     (ModelMismatchError, ExitStatus.MODEL),
     (QueryError, ExitStatus.INPUT),
     (InputError, ExitStatus.INPUT),
+    (RayUnavailableError, ExitStatus.DEPENDENCY),  # --ray without ray installed
     (DependencyError, ExitStatus.DEPENDENCY),
     (IndexCorruptError, ExitStatus.CORRUPT),
     (IndexBusyError, ExitStatus.BUSY),

@@ -25,6 +25,7 @@ from mmsearch.results import CheckProblem
 from .faiss_index import VectorIndex
 from .policy import IndexSpec, choose_spec, needs_retrain
 from .query import Fetch
+from .sharded import add_sharded
 from .store import EmbeddingStore, MemoryStore
 from .tuning import TuningSet, exact_topk, tune_search
 
@@ -89,6 +90,8 @@ class Upkeep:
     def __init__(self, directory: Path, catalog: CatalogView, model: str, dim: int) -> None:
         self.directory, self.catalog, self.model, self.dim = directory, catalog, model, dim
         self.catalog_id = catalog.catalog_id
+        #: Processes that fill a large IVF index's shards in parallel (1: this process).
+        self.build_workers = 1
         self.in_memory = False  # True once derived files could not be written
         #: Modalities whose index must be rebuilt: the store they were built from was
         #: found damaged, so their vectors may be too.
@@ -322,9 +325,15 @@ class Upkeep:
         target: float = DEFAULT_RECALL_TARGET,
         seed: int = 1234,
         fetch: Fetch | None = None,
+        workers: int | None = None,
     ) -> VectorIndex:
-        """Build ``modality``'s index from the store, streaming; tune nprobe if IVF."""
+        """Build ``modality``'s index from the store, streaming; tune nprobe if IVF.
+
+        With ``workers`` > 1 (default :attr:`build_workers`), an IVF index is filled in
+        shards by that many processes and their inverted lists merged
+        (:mod:`mmsearch.ann.sharded`): the same index, built in parallel."""
         fetch = fetch or self.fetch
+        workers = workers or self.build_workers
         params: dict[str, Any] = {
             "kind": spec.kind,
             "rerank_factor": spec.rerank_factor,
@@ -338,8 +347,11 @@ class Upkeep:
             sample = np.sort(rng.choice(ids, min(spec.train_size, len(ids)), replace=False))
             logger.info("training %s on %d of %d vectors", spec.factory, len(sample), len(ids))
             vi.train(fetch(sample), max_train=len(sample), seed=seed)
-        for chunk, vecs in _chunks_from_store(fetch, ids):
-            vi.add(chunk, vecs)
+        if spec.kind != "flat" and workers > 1 and len(ids) > ADD_CHUNK:
+            add_sharded(vi, _chunks_from_store(fetch, ids), workers)
+        else:
+            for chunk, vecs in _chunks_from_store(fetch, ids):
+                vi.add(chunk, vecs)
         if spec.kind != "flat" and len(ids):
             self._tune(vi, modality, ids, target, rng)
         return vi

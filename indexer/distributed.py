@@ -1,0 +1,410 @@
+"""Encoding on a Ray cluster: the catalog plans, Ray workers decode and encode, the catalog
+commits.
+
+The scan and change detection stay with the catalog (:mod:`indexer.scan`, run by
+:func:`indexer.pipeline.index_images` as always): only the encoding of the planned new and
+changed items is handed to Ray Data. Each worker is an actor that loads the model once
+(``map_batches`` with an :class:`~ray.data.ActorPoolStrategy`), decodes its batch of files
+(a corrupt file comes back with the same skip reason a local run gives) and encodes it.
+Results stream back to the driver (``iter_batches``), which commits them in plan order,
+exactly as a local run would: same ids for the same paths, same skip reasons, and a second
+run finds nothing to encode.
+
+A worker that dies mid-batch is restarted by Ray and its batch retried (actor
+``max_restarts`` / ``max_task_retries``). The driver keeps each item's first result only and
+checks at the end that every planned item came back, so a retry can neither duplicate nor
+lose an item.
+
+``ray`` is an optional dependency (``pip install 'mmsearch[ray]'``), imported only here and
+only when a run uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from indexer.common import EncoderLike, load_encoder
+from mmsearch.catalog import Catalog
+from mmsearch.errors import DistributedError, RayUnavailableError
+from mmsearch.results import ProgressFactory, RunSummary, Skipped
+
+if TYPE_CHECKING:  # the pipeline's job type; no import cycle at run time
+    from indexer.pipeline import _Job
+
+logger = logging.getLogger(__name__)
+
+#: Where a run connects when no address is given: a Ray instance started in this process.
+LOCAL = "local"
+#: Retries of a batch (and restarts of its worker) before the run gives up: a file that
+#: crashes the decoder every time must not loop forever.
+DEFAULT_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How to run the encoding on Ray.
+
+    Attributes:
+        address: ``local`` (start Ray in this process), ``auto`` (the cluster this machine
+            belongs to), ``ray://host:port`` (Ray Client) or ``host:port`` (a head node).
+            A Ray already initialised in this process is used as it is.
+        workers: encoding actors (default: one per GPU of the cluster, else one per CPU).
+        gpus_per_worker: GPUs each actor takes (default: 1 when the cluster has GPUs).
+        cpus_per_worker: CPUs each actor takes (its decoding threads; default 1).
+        num_cpus: CPUs of a ``local`` Ray instance (default: all).
+        batch_size: images (or texts) per batch sent to a worker.
+        retries: restarts of a dead worker and retries of its batch before giving up.
+    """
+
+    address: str = LOCAL
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float = 1.0
+    num_cpus: int | None = None
+    batch_size: int = 64
+    retries: int = DEFAULT_RETRIES
+
+
+def check_address(address: str) -> str:
+    """``address`` if it names a Ray cluster (``local``, ``auto``, ``ray://…`` or
+    ``host:port``), else raises ValueError with the forms accepted."""
+    if address in (LOCAL, "auto") or "://" in address:
+        return address
+    host, sep, port = address.rpartition(":")
+    if sep and host and port.isdigit():
+        return address
+    raise ValueError(
+        f"{address!r} is not a Ray address: use local, auto, ray://HOST:PORT or HOST:PORT"
+    )
+
+
+def require_ray() -> Any:
+    """The ``ray`` module (with Ray Data), or RayUnavailableError."""
+    try:
+        import ray  # noqa: PLC0415 — optional and heavy (seconds): only when a run asks
+        import ray.data  # noqa: F401, PLC0415
+    except ImportError as exc:
+        raise RayUnavailableError() from exc
+    return ray
+
+
+def connect(options: RayOptions) -> Any:
+    """Connect to (or start) the Ray cluster of ``options.address``; returns ``ray``."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "include_dashboard": False}
+    try:
+        if options.address == LOCAL:
+            ray.init(num_cpus=options.num_cpus, **kwargs)
+        else:
+            ray.init(address=options.address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise DistributedError(f"cannot reach the Ray cluster at {options.address}: {exc}") from exc
+    logger.info("Ray cluster: %s", ray.cluster_resources())
+    return ray
+
+
+# -- workers (run inside Ray actors) -----------------------------------------------------
+
+
+def load_worker_encoder(spec: Any, device: str | None) -> EncoderLike:
+    """Load the model in a worker (the default worker factory: the driver's model spec)."""
+    from mmsearch.encoder import Encoder  # noqa: PLC0415 — torch: in the worker only
+
+    return Encoder.load(spec, device=device)
+
+
+class ImageWorker:
+    """A Ray actor body: loads the encoder once, then decodes and encodes batches.
+
+    Args:
+        make_encoder: a picklable function returning the encoder (called once here).
+        threads: decoding threads.
+    """
+
+    def __init__(self, make_encoder: Callable[[], EncoderLike], threads: int) -> None:
+        self.encoder = make_encoder()
+        self.threads = threads
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from mmsearch.media import draft_size, load_many  # noqa: PLC0415 — worker side
+
+        paths = [str(p) for p in batch["path"]]
+        n = len(paths)
+        ok = np.zeros(n, dtype=bool)
+        reason = np.full(n, "", dtype=object)
+        width = np.zeros(n, dtype=np.int64)
+        height = np.zeros(n, dtype=np.int64)
+        taken = np.full(n, np.nan, dtype=np.float64)
+        tensors, where = [], []
+        loaded = load_many(
+            paths,
+            transform=self.encoder.preprocess,
+            workers=self.threads,
+            draft_size=draft_size(self.encoder.image_size),
+            prefetch=max(1, n),
+        )
+        for k, (_, image, tensor, error) in enumerate(loaded):
+            if error is not None:
+                reason[k] = error.reason
+                continue
+            ok[k] = True
+            width[k], height[k] = image.width, image.height
+            taken[k] = np.nan if image.taken is None else image.taken
+            tensors.append(tensor)
+            where.append(k)
+        vectors = self.encoder.encode_image_tensors(tensors) if tensors else None
+        dim = vectors.shape[1] if vectors is not None else 1
+        embedding = np.zeros((n, dim), dtype=np.float32)
+        if vectors is not None:
+            embedding[where] = vectors
+        return {
+            "i": np.asarray(batch["i"], dtype=np.int64),
+            "ok": ok,
+            "reason": reason,
+            "width": width,
+            "height": height,
+            "taken": taken,
+            "embedding": embedding,
+        }
+
+
+class TextWorker:
+    """A Ray actor body: loads the encoder once, then encodes batches of texts."""
+
+    def __init__(self, make_encoder: Callable[[], EncoderLike], threads: int) -> None:
+        self.encoder = make_encoder()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts = [str(t) for t in batch["text"]]
+        return {
+            "i": np.asarray(batch["i"], dtype=np.int64),
+            "truncated": np.array([self.encoder.is_truncated(t) for t in texts], dtype=bool),
+            "embedding": self.encoder.encode_texts(texts),
+        }
+
+
+# -- the driver ----------------------------------------------------------------------------
+
+
+class RayEncoding:
+    """Encodes planned items on Ray and commits the results to the catalog in plan order.
+
+    Args:
+        options: where and how to run.
+        make_encoder: picklable zero-argument function that loads the encoder in a worker
+            (default: the driver's model, loaded by spec, on the worker's GPU or CPU).
+    """
+
+    def __init__(
+        self, options: RayOptions, make_encoder: Callable[[], EncoderLike] | None = None
+    ) -> None:
+        require_ray()  # fail now, before any scanning, if ray is not installed
+        self.options = options
+        self.make_encoder = make_encoder
+        #: Results of items that came back twice (a retried batch), ignored; for tests/logs.
+        self.duplicates = 0
+
+    # The hooks of the local runs (indexer.pipeline / indexer.texts) -----------------------
+
+    def encode_images(
+        self,
+        catalog: Catalog,
+        jobs: list[_Job],
+        get_encoder: Callable[[], EncoderLike],
+        progress: ProgressFactory,
+        summary: RunSummary,
+    ) -> list[tuple[_Job, str]]:
+        """Decode and encode ``jobs`` on Ray and commit them as the local pipeline does;
+        returns the jobs whose file could not be decoded, with the reason (also added to
+        ``summary.skipped``)."""
+        from indexer.pipeline import _file_row  # noqa: PLC0415 — same rows as a local run
+
+        items = [{"i": k, "path": job.entry.path} for k, job in enumerate(jobs)]
+        failed: list[tuple[_Job, str]] = []
+        bar = progress(len(jobs), "encoding images on Ray")
+        try:
+            for done in self._run(catalog, get_encoder, items, ImageWorker):
+                rows, replaced = [], []
+                for k, res in done:
+                    job = jobs[k]
+                    if not res["ok"]:
+                        summary.skipped.append(Skipped(job.entry.path, res["reason"]))
+                        failed.append((job, res["reason"]))
+                        continue
+                    taken = res["taken"]
+                    rows.append(
+                        {
+                            **_file_row(job.entry, job.digest),
+                            "width": int(res["width"]),
+                            "height": int(res["height"]),
+                            "taken_at": job.entry.mtime_ns / 1e9 if np.isnan(taken) else taken,
+                            "embedding": res["embedding"],
+                        }
+                    )
+                    if job.old is not None:
+                        replaced.append(job.old.id)
+                if rows:
+                    catalog.apply(add=rows, remove=replaced)
+                summary.updated += len(replaced)
+                summary.added += len(rows) - len(replaced)
+                bar.update(len(done))
+        finally:
+            bar.close()
+        return failed
+
+    def encode_texts(
+        self,
+        catalog: Catalog,
+        todo: Sequence[tuple[Any, str]],
+        get_encoder: Callable[[], EncoderLike],
+        progress: ProgressFactory,
+        summary: RunSummary,
+    ) -> None:
+        """Encode ``todo`` ((TextRecord, digest) pairs) on Ray and add them to the catalog
+        in order, as :func:`indexer.texts.index_texts` does locally."""
+        items = [{"i": k, "text": rec.text} for k, (rec, _) in enumerate(todo)]
+        bar = progress(len(todo), "encoding texts on Ray")
+        try:
+            for done in self._run(catalog, get_encoder, items, TextWorker):
+                rows = []
+                for k, res in done:
+                    rec, digest = todo[k]
+                    summary.truncated += int(bool(res["truncated"]))
+                    rows.append(
+                        {
+                            "modality": "text",
+                            "text": rec.text,
+                            "source": rec.source,
+                            "content_hash": digest,
+                            "embedding": res["embedding"],
+                        }
+                    )
+                catalog.add(rows)
+                summary.added += len(rows)
+                bar.update(len(done))
+        finally:
+            bar.close()
+
+    # The Ray part -----------------------------------------------------------------------
+
+    def _run(
+        self,
+        catalog: Catalog,
+        get_encoder: Callable[[], EncoderLike],
+        items: list[dict[str, Any]],
+        worker: type,
+    ) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+        """Run ``worker`` over ``items`` on Ray; yield the results in item order, in groups
+        of about a batch, each item exactly once."""
+        # The driver claims the model in the catalog before anything is committed, as a
+        # local run does; by default the workers load the same model spec.
+        spec = load_encoder(catalog, get_encoder).spec  # type: ignore[attr-defined]
+        ray = connect(self.options)
+        workers, gpus = self._pool(ray)
+        make_encoder = self.make_encoder or partial(
+            load_worker_encoder, spec, "cuda" if gpus else "cpu"
+        )
+        results = self._map(ray, items, worker, make_encoder, workers, gpus)
+        yield from self._in_order(results, len(items))
+
+    def _pool(self, ray: Any) -> tuple[int, float]:
+        """(actors, GPUs per actor) for the cluster."""
+        resources = ray.cluster_resources()
+        cluster_gpus = int(resources.get("GPU", 0))
+        gpus = self.options.gpus_per_worker
+        if gpus is None:
+            gpus = 1.0 if cluster_gpus else 0.0
+        if self.options.workers is not None:
+            return self.options.workers, gpus
+        if gpus:
+            return max(1, int(cluster_gpus / gpus)), gpus
+        cpus = int(resources.get("CPU", 1))
+        return max(1, int(cpus / self.options.cpus_per_worker)), 0.0
+
+    def _map(
+        self,
+        ray: Any,
+        items: list[dict[str, Any]],
+        worker: type,
+        make_encoder: Callable[[], EncoderLike],
+        workers: int,
+        gpus: float,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of results as they stream back from the actors (any order)."""
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # the caller shows its own progress
+        batch = self.options.batch_size
+        retries = self.options.retries
+        # Blocks of one batch each: the unit a worker takes, retries and returns.
+        blocks = max(1, math.ceil(len(items) / batch))
+        workers = min(workers, blocks)  # an actor without a block would only load the model
+        ds = ray.data.from_items(items, override_num_blocks=blocks)
+        with warnings.catch_warnings():
+            # Ray >= 2.6x deprecates passing actor options this way but has no other one;
+            # without them a batch whose file crashes the decoder would be retried forever.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            out = ds.map_batches(
+                worker,
+                fn_constructor_args=(make_encoder, max(1, int(self.options.cpus_per_worker))),
+                batch_size=batch,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=self.options.cpus_per_worker,
+                num_gpus=gpus or None,
+                # A dead worker is restarted and its batch retried, a bounded number of times.
+                max_restarts=retries,
+                max_task_retries=retries,
+            )
+        logger.info("encoding %d items on %d Ray workers (%s GPU each)", len(items), workers, gpus)
+        try:
+            yield from out.iter_batches(batch_size=None, batch_format="numpy")
+        except ray.exceptions.RayError as exc:
+            raise DistributedError(f"the Ray encoding failed: {_first_line(exc)}") from exc
+
+    def _in_order(
+        self, results: Iterator[dict[str, np.ndarray]], n: int
+    ) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+        """Reorder streamed results into item order (the catalog then numbers items as a
+        local run would), drop repeats of an item, and check that none is missing."""
+        pending: dict[int, dict[str, Any]] = {}
+        seen = np.zeros(n, dtype=bool)
+        next_k = 0
+        for batch in results:
+            for row in _rows(batch):
+                k = int(row["i"])
+                if seen[k]:
+                    self.duplicates += 1
+                    continue
+                seen[k] = True
+                pending[k] = row
+            ready = []
+            while next_k in pending:
+                ready.append((next_k, pending.pop(next_k)))
+                next_k += 1
+            if ready:
+                yield ready
+        if next_k != n:
+            raise DistributedError(f"the Ray encoding returned {next_k} of {n} items")
+        if self.duplicates:
+            logger.warning("ignored %d repeated results (retried batches)", self.duplicates)
+
+
+def _rows(batch: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
+    columns = list(batch)
+    for j in range(len(batch["i"])):
+        yield {c: batch[c][j] for c in columns}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,168 @@
+"""Encoding on Ray (`mmsearch index --ray`): one local Ray cluster (2 CPUs) for the module.
+
+A folder indexed through Ray must equal the same folder indexed here (same ids for the same
+paths, same embeddings within float16, same skip reasons); a second run through Ray encodes
+nothing; a worker killed mid-batch is restarted, its batch redone, and the catalog ends with
+every item exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import TINY, TINY_DIM, noise_image
+
+from mmsearch.catalog import Catalog
+from mmsearch.cli import cli
+from mmsearch.status import ExitStatus
+
+ray = pytest.importorskip("ray", reason="ray is in the test extra: pip install '.[test]'")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Any:
+    """A local Ray instance with 2 CPUs, shared by the module's tests."""
+    import logging
+
+    # The crash test's encoder factory lives in this module: ship it by value, since the
+    # workers need not be able to import the tests.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()
+
+
+def _index(index_dir: Path, *args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(
+        cli,
+        ["--quiet", "index", *args, "--model", TINY, "--index", str(index_dir), "--json"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _contents(index_dir: Path) -> dict[str, Any]:
+    """ids → path (or text) and the embedding of each, straight from the catalog."""
+    with Catalog(index_dir / "catalog.sqlite") as cat:
+        images = {r.id: r.path for r in cat.image_files()}
+        text_ids = [int(i) for i in cat.ids("text")]
+        texts = {i: r.text for i, r in cat.records(text_ids).items()}
+        ids, vectors = cat.embeddings([*images, *texts], TINY_DIM)
+    return {"images": images, "texts": texts, "vectors": dict(zip(ids, vectors, strict=True))}
+
+
+def _texts(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.txt"
+    lines = [f"a note about shape number {i}" for i in range(10)]
+    lines.append("a very long text " * 40)  # cut to the model's context, counted
+    lines.append("a note about shape number 3")  # a repeat: stored once
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_ray_run_equals_a_local_run_and_a_second_ray_run_encodes_nothing(
+    ray_cluster: Any, photos: dict[str, Path], tmp_path: Path
+) -> None:
+    folder, corpus = str(photos["a.jpg"].parent), str(_texts(tmp_path))
+    local = _index(tmp_path / "local", folder, "--texts", corpus)
+    remote = _index(tmp_path / "ray", folder, "--texts", corpus, "--ray", "--batch-size", "3")
+
+    for key in ("scanned", "added", "truncated"):
+        assert remote[key] == local[key], key
+    assert local["added"] == 7 + 11 and local["truncated"] == 1
+    reasons = {(s["path"], s["reason"]) for s in local["skipped"]}
+    assert {(s["path"], s["reason"]) for s in remote["skipped"]} == reasons
+    assert len(reasons) == 3  # the truncated JPEG, the empty file, the text named .jpg
+
+    a, b = _contents(tmp_path / "local"), _contents(tmp_path / "ray")
+    assert b["images"] == a["images"] and b["texts"] == a["texts"]  # same ids → same items
+    assert a["vectors"].keys() == b["vectors"].keys()
+    for i, vec in a["vectors"].items():
+        np.testing.assert_allclose(b["vectors"][i], vec, atol=1e-3)
+
+    again = _index(tmp_path / "ray", folder, "--texts", corpus, "--ray")
+    assert (again["added"], again["updated"]) == (0, 0)
+    assert again["unchanged"] == again["scanned"] - 3  # the bad files: remembered, not read
+    assert all(s["remembered"] for s in again["skipped"])
+    assert _contents(tmp_path / "ray")["images"] == b["images"]
+
+
+def crashing_tiny_encoder(marker: str) -> Any:
+    """The tiny model, whose first batch encoded anywhere kills its worker process (the
+    marker file says it happened, so the retried batch goes through)."""
+    from mmsearch.encoder import Encoder
+
+    encoder = Encoder.load(TINY, device="cpu")
+    encode = encoder.encode_image_tensors
+
+    def encode_or_die(batch: Any) -> np.ndarray:
+        if not os.path.exists(marker):
+            Path(marker).touch()
+            os._exit(1)  # the worker dies mid-batch: no result, no clean shutdown
+        return encode(batch)
+
+    encoder.encode_image_tensors = encode_or_die  # type: ignore[method-assign]
+    return encoder
+
+
+def test_a_worker_killed_mid_batch_is_redone_and_nothing_is_duplicated_or_lost(
+    ray_cluster: Any, catalog: Catalog, tmp_path: Path
+) -> None:
+    from functools import partial
+
+    from indexer.distributed import RayEncoding, RayOptions
+    from indexer.pipeline import index_images
+    from mmsearch.encoder import Encoder
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(12):
+        noise_image(100 + i).save(folder / f"{i:02d}.png")
+    marker = tmp_path / "crashed"
+    remote = RayEncoding(
+        RayOptions(workers=2, batch_size=3), partial(crashing_tiny_encoder, str(marker))
+    )
+    encoder = Encoder.load(TINY, device="cpu")
+    summary = index_images(catalog, [folder], lambda: encoder, encode_jobs=remote.encode_images)
+
+    assert marker.exists()  # a worker did die
+    assert summary.added == 12 and not summary.skipped
+    paths = [Path(r.path).name for r in catalog.image_files()]
+    assert sorted(paths) == [f"{i:02d}.png" for i in range(12)]  # each once, none missing
+    ids, vectors = catalog.embeddings([r.id for r in catalog.image_files()], TINY_DIM)
+    expected = encoder.encode_images([noise_image(100 + i) for i in range(12)])
+    np.testing.assert_allclose(vectors, expected, atol=1e-3)  # in order: id ↔ path intact
+
+
+def test_ray_flag_without_ray_installed_fails_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, photos: dict[str, Path], tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    result = CliRunner().invoke(
+        cli,
+        ["index", str(photos["a.jpg"].parent), "--ray", "--model", TINY,
+         "--index", str(tmp_path / "idx")],
+    )  # fmt: skip
+    assert result.exit_code == ExitStatus.DEPENDENCY
+    assert "ray is not installed" in result.output
+    assert (
+        not (tmp_path / "idx" / "catalog.sqlite").exists()
+        or not _contents(tmp_path / "idx")["images"]
+    )
+
+
+def test_ray_address_that_is_a_folder_is_refused_with_a_hint(
+    photos: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = str(photos["a.jpg"].parent)
+    result = CliRunner().invoke(cli, ["index", "--ray", folder, "--index", str(tmp_path / "i")])
+    assert result.exit_code == ExitStatus.USAGE
+    assert "not a Ray address" in result.output and "--ray=local" in result.output
