@@ -51,8 +51,9 @@ def test_teach_chinese_to_an_english_index(tmp_path, shapes_model):
         f"the main tower {zh['main_heldout']['t2i_r1']}, Chinese taught {zh['heldout']['t2i_r1']}"
         f" ({zh['train_pairs']} pairs, {zh['seconds']} s, context {zh['context_length']})"
     )
-    # Measured (2,000 pairs, 200 held out, 30 epochs): English 0.xx; Chinese through the
-    # English tower 0.xx; taught 0.xx in xx s on 2 cores.
+    # Measured (1,800 pairs trained, 200 held out, 30 epochs = 210 steps): English 0.83;
+    # Chinese through the English tower 0.02; taught 0.83 (image→text 0.755). 1,960 s of
+    # training on 2 cores under a load of 15-29 (7.7 CPU-minutes for the whole test).
     assert zh["heldout"]["t2i_r1"] >= 0.5
     assert zh["main_heldout"]["t2i_r1"] <= 0.15  # what fails without teaching
     assert zh["context_length"] > 32  # the pair captions need more than the model's 32
