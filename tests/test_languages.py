@@ -281,6 +281,7 @@ def test_info_and_list_show_the_encoders(taught):
 
 def test_http_lang_parameter(taught):
     pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
     from fastapi.testclient import TestClient
 
     from mmsearch.server.app import create_app
@@ -288,7 +289,7 @@ def test_http_lang_parameter(taught):
 
     backend = Backend.open(taught[0] / "idx", device="cpu")
     try:
-        client = TestClient(create_app(backend))
+        client = TestClient(create_app(backend), base_url="http://127.0.0.1")
         got = client.get("/api/search", params={"q": "一个红色的圆形", "k": 3})
         assert got.status_code == 200 and got.json()["text_encoder"] == "zh"
         assert len(got.json()["hits"]) == 3
