@@ -6,11 +6,16 @@ be checked against ground truth: "a red circle", "three blue squares",
 
 Usage::
 
-    python data/make_shapes.py OUT_DIR --n 2000 --seed 0
+    python data/make_shapes.py OUT_DIR --n 2000 --seed 0 [--lang en|zh|en,zh]
 
 writes ``OUT_DIR/images/000000.png ...`` and ``OUT_DIR/pairs.csv`` (columns ``image``,
 path relative to OUT_DIR, and ``caption``). The same seed gives byte-identical output,
 and pair ``i`` depends only on ``(seed, i)``, so ``--n 100`` is a prefix of ``--n 1000``.
+
+``--lang zh`` writes Chinese captions ("一个红色的圆形") for the SAME images: the language
+only chooses how a drawn scene is worded, never a random draw, so the English and Chinese
+sets of one seed align pair by pair. Several languages (``--lang en,zh``) write one
+column per language, ``caption_en``, ``caption_zh``, beside the same ``image`` column.
 
 Only the standard library and Pillow are used. ``data/`` is not a package; import this
 file by path (``importlib.util.spec_from_file_location``) to reuse the functions. (No
@@ -31,6 +36,17 @@ Caption grammar::
 In a pair the two groups differ in colour or shape; every object of the first group
 lies wholly in the left (top) half and every object of the second in the right
 (bottom) half.
+
+Chinese grammar (``lang="zh"``), the same scenes::
+
+    caption  := group                              一个红色的圆形 / 三个蓝色的正方形
+              | group "在" group2 "的" relation    两个蓝色的正方形在一个黄色三角形的左边
+    group    := number colour "的" shape
+    group2   := number colour shape                (no 的 inside the second group)
+    number   := 一个 | 两个 | 三个
+    relation := 左边 (left of) | 上面 (above)
+    colour   := 红色 | 绿色 | 蓝色 | 黄色 | 紫色
+    shape    := 圆形 | 正方形 | 三角形
 """
 
 import argparse
@@ -54,6 +70,18 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 RELATIONS: tuple[str, ...] = ("left of", "above")
 NUMBERS: dict[int, str] = {1: "a", 2: "two", 3: "three"}
+#: Caption languages: English (the grammar above) and Chinese (the same scenes).
+LANGUAGES: tuple[str, ...] = ("en", "zh")
+ZH_COLOURS: dict[str, str] = {
+    "red": "红色",
+    "green": "绿色",
+    "blue": "蓝色",
+    "yellow": "黄色",
+    "purple": "紫色",
+}
+ZH_SHAPES: dict[str, str] = {"circle": "圆形", "square": "正方形", "triangle": "三角形"}
+ZH_NUMBERS: dict[int, str] = {1: "一个", 2: "两个", 3: "三个"}
+ZH_RELATIONS: dict[str, str] = {"left of": "左边", "above": "上面"}
 # Relative frequency of each caption kind in a generated set. Half are single objects,
 # so a tiny model learns colour and shape within a minute of CPU fine-tuning.
 DEFAULT_KINDS: dict[str, float] = {"single": 0.5, "count": 0.25, "pair": 0.25}
@@ -82,6 +110,11 @@ class Group:
         """The noun phrase, e.g. "a red circle" or "two blue squares"."""
         plural = "" if self.count == 1 else "s"
         return f"{NUMBERS[self.count]} {self.colour} {self.shape}{plural}"
+
+    def phrase_zh(self, de: bool = True) -> str:
+        """The Chinese noun phrase, e.g. "一个红色的圆形" (without 的 when not ``de``)."""
+        joint = "的" if de else ""
+        return f"{ZH_NUMBERS[self.count]}{ZH_COLOURS[self.colour]}{joint}{ZH_SHAPES[self.shape]}"
 
 
 @dataclass(frozen=True)
@@ -115,6 +148,23 @@ class Scene:
             return self.groups[0].phrase
         first, second = self.groups
         return f"{first.phrase} {self.relation} {second.phrase}"
+
+    @property
+    def caption_zh(self) -> str:
+        """The caption in Chinese: "两个蓝色的正方形在一个黄色三角形的左边"."""
+        if self.relation is None:
+            return self.groups[0].phrase_zh()
+        first, second = self.groups
+        where = ZH_RELATIONS[self.relation]
+        return f"{first.phrase_zh()}在{second.phrase_zh(de=False)}的{where}"
+
+    def caption_in(self, lang: str) -> str:
+        """The caption in ``lang`` (one of :data:`LANGUAGES`)."""
+        if lang == "en":
+            return self.caption
+        if lang == "zh":
+            return self.caption_zh
+        raise ValueError(f"unknown caption language {lang!r} (known: {', '.join(LANGUAGES)})")
 
 
 @dataclass(frozen=True)
@@ -271,11 +321,15 @@ def make_sample(
 
 
 def make_pair(
-    seed: int, index: int, size: int = 64, kinds: Mapping[str, float] | None = None
+    seed: int,
+    index: int,
+    size: int = 64,
+    kinds: Mapping[str, float] | None = None,
+    lang: str = "en",
 ) -> tuple[Image.Image, str]:
-    """The ``index``-th image and caption of the data set with ``seed``."""
+    """The ``index``-th image and caption (in ``lang``) of the data set with ``seed``."""
     sample = make_sample(seed, index, size, kinds)
-    return sample.image, sample.caption
+    return sample.image, sample.scene.caption_in(lang)
 
 
 def _parse_group(text: str) -> Group:
@@ -291,8 +345,36 @@ def _parse_group(text: str) -> Group:
     return Group(count, colour, shape)
 
 
-def parse_caption(caption: str) -> Scene:
-    """Invert :attr:`Scene.caption`; raises ``ValueError`` outside the grammar."""
+def _zh_group(text: str, de: bool) -> Group:
+    """Parse "一个红色的圆形" (``de``) or "一个红色圆形"."""
+    for count, number in ZH_NUMBERS.items():
+        for colour, colour_zh in ZH_COLOURS.items():
+            for shape, shape_zh in ZH_SHAPES.items():
+                if text == f"{number}{colour_zh}{'的' if de else ''}{shape_zh}":
+                    return Group(count, colour, shape)
+    raise ValueError(f"not a Chinese group: {text!r}")
+
+
+def parse_caption_zh(caption: str) -> Scene:
+    """Invert :attr:`Scene.caption_zh`; raises ``ValueError`` outside the grammar."""
+    first, sep, rest = caption.partition("在")
+    if not sep:
+        return Scene((_zh_group(caption, de=True),))
+    for relation, word in ZH_RELATIONS.items():
+        suffix = f"的{word}"
+        if rest.endswith(suffix):
+            second = _zh_group(rest[: -len(suffix)], de=False)
+            return Scene((_zh_group(first, de=True), second), relation)
+    raise ValueError(f"not a Chinese caption of the grammar: {caption!r}")
+
+
+def parse_caption(caption: str, lang: str = "en") -> Scene:
+    """Invert :attr:`Scene.caption` (or :attr:`Scene.caption_zh` for ``lang="zh"``);
+    raises ``ValueError`` outside the grammar."""
+    if lang == "zh":
+        return parse_caption_zh(caption)
+    if lang != "en":
+        raise ValueError(f"unknown caption language {lang!r} (known: {', '.join(LANGUAGES)})")
     for relation in RELATIONS:
         first, sep, second = caption.partition(f" {relation} ")
         if sep:
@@ -303,12 +385,27 @@ def parse_caption(caption: str) -> Scene:
     return scene
 
 
+def caption_columns(langs: Sequence[str]) -> list[str]:
+    """The caption columns of ``pairs.csv`` for ``langs``: ``caption`` for one language,
+    ``caption_<lang>`` each for several."""
+    return ["caption"] if len(langs) == 1 else [f"caption_{lang}" for lang in langs]
+
+
+def _parse_langs(lang: str | Sequence[str]) -> list[str]:
+    langs = [x.strip() for x in lang.split(",")] if isinstance(lang, str) else list(lang)
+    unknown = [x for x in langs if x not in LANGUAGES]
+    if not langs or unknown or len(set(langs)) != len(langs):
+        raise ValueError(f"bad caption languages {lang!r} (known: {', '.join(LANGUAGES)})")
+    return langs
+
+
 def make_shapes(
     out_dir: str | Path,
     n: int,
     seed: int = 0,
     size: int = 64,
     kinds: Mapping[str, float] | None = None,
+    lang: str | Sequence[str] = "en",
 ) -> Path:
     """Write ``n`` image–caption pairs under ``out_dir``.
 
@@ -318,24 +415,27 @@ def make_shapes(
         seed: the same seed gives byte-identical files.
         size: image side in pixels.
         kinds: relative weights of "single", "count" and "pair" captions.
+        lang: caption language(s): "en", "zh", or several ("en,zh" or a list), which
+            writes one ``caption_<lang>`` column each. The images never depend on it.
 
     Returns:
         The path of ``pairs.csv``.
     """
     if n < 0:
         raise ValueError("n must be >= 0")
+    langs = _parse_langs(lang)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     width = max(6, len(str(n - 1)))
     csv_path = out / "pairs.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["image", "caption"])
+        writer.writerow(["image", *caption_columns(langs)])
         for i in range(n):
-            image, caption = make_pair(seed, i, size, kinds)
+            sample = make_sample(seed, i, size, kinds)
             rel = f"images/{i:0{width}d}.png"
-            image.save(out / rel, format="PNG")
-            writer.writerow([rel, caption])
+            sample.image.save(out / rel, format="PNG")
+            writer.writerow([rel, *(sample.scene.caption_in(x) for x in langs)])
     return csv_path
 
 
@@ -362,8 +462,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="caption kind weights, e.g. single=0.5,count=0.25,pair=0.25",
     )
+    parser.add_argument(
+        "--lang",
+        default="en",
+        help="caption language(s): en, zh, or en,zh for one caption column each [en]",
+    )
     args = parser.parse_args(argv)
-    path = make_shapes(args.out_dir, args.n, args.seed, args.size, args.kinds)
+    try:
+        langs = _parse_langs(args.lang)
+    except ValueError as exc:
+        parser.error(str(exc))
+    path = make_shapes(args.out_dir, args.n, args.seed, args.size, args.kinds, langs)
     print(f"wrote {args.n} pairs to {path}")
     return 0
 

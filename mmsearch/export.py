@@ -173,7 +173,11 @@ class _Tower(torch.nn.Module):
 
 
 def export_model(
-    encoder: Encoder, out_dir: str | os.PathLike, *, probes: Probes | None = None
+    encoder: Encoder,
+    out_dir: str | os.PathLike,
+    *,
+    probes: Probes | None = None,
+    text_only: bool = False,
 ) -> ExportReport:
     """Export ``encoder``'s towers to ``out_dir`` and check them against torch.
 
@@ -181,6 +185,8 @@ def export_model(
         encoder: the loaded model.
         out_dir: the runtime directory to write; replaced atomically when it exists.
         probes: inputs to check the export on (default :class:`Probes`).
+        text_only: export the text tower alone (an index's extra text encoder, whose
+            image tower is the index model's); ``image_min_cosine`` is then NaN.
 
     Returns:
         The report, with the measured least cosines.
@@ -193,6 +199,9 @@ def export_model(
     probes = probes or Probes()
     out = Path(out_dir)
     meta = _describe(encoder)
+    if text_only:
+        del meta["towers"]["image"]
+        meta["text_only"] = True
     model = _cpu_fp32(encoder)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Not tempfile.mkdtemp: its 0700 mode would stay on the finished directory.
@@ -207,17 +216,18 @@ def export_model(
             model, "text", tokens[:, :8] if trim else tokens, tmp / fmt.TEXT_FILE, trim=trim,
             max_tokens=encoder.context_length,
         )  # fmt: skip
-        height, width = meta["image"]["size"]
-        pixels = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
-        _export_tower(model, "image", pixels, tmp / fmt.IMAGE_FILE)
+        if not text_only:
+            height, width = meta["image"]["size"]
+            pixels = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+            _export_tower(model, "image", pixels, tmp / fmt.IMAGE_FILE)
         _write_meta(tmp, meta)
-        checks = _verify(encoder, model, tmp, probes)
-        for tower in ("text", "image"):
+        checks = _verify(encoder, model, tmp, probes, text_only)
+        for tower in meta["towers"]:
             meta["towers"][tower]["min_cosine"] = checks[tower]
             meta["towers"][tower]["self_test"] = checks[f"{tower}_self_test"]
         meta["max_pixel_diff"] = checks["pixels"]
         files = _write_meta(tmp, meta)
-        _load(tmp, encoder.spec.identity)  # the finished directory loads, self-tests pass
+        _load(tmp, encoder.spec.identity, towers=tuple(meta["towers"]))  # loads, self-tests pass
         _move_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -450,14 +460,21 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 
 def _verify(
-    encoder: Encoder, model: torch.nn.Module, directory: Path, probes: Probes
+    encoder: Encoder,
+    model: torch.nn.Module,
+    directory: Path,
+    probes: Probes,
+    text_only: bool = False,
 ) -> dict[str, Any]:
     """Load the runtime from ``directory`` and compare it with torch on the probes."""
-    runtime = _load(directory, encoder.spec.identity, require_self_test=False)
+    towers = ("text",) if text_only else ("text", "image")
+    runtime = _load(directory, encoder.spec.identity, require_self_test=False, towers=towers)
     texts = list(probes.texts)
     torch_ids = encoder.tokenizer(texts).numpy()
     if not np.array_equal(runtime.tokenizer(texts), torch_ids):
         raise ExportError("the runtime tokenizer gives other token ids than open_clip's")
+    if text_only:
+        return _verify_text(runtime, model, texts, torch_ids)
     images = list(probes.images) if probes.images is not None else _probe_images(runtime)
     torch_pixels = torch.stack([encoder.preprocess(im.convert("RGB")) for im in images])
     pixel_diff = float(np.abs(runtime.transform.batch(images) - torch_pixels.numpy()).max())
@@ -488,10 +505,35 @@ def _verify(
     }
 
 
-def _load(directory: Path, identity: str, require_self_test: bool = True) -> QueryRuntime:
+def _verify_text(
+    runtime: QueryRuntime, model: torch.nn.Module, texts: list[str], torch_ids: np.ndarray
+) -> dict[str, Any]:
+    """The text tower's checks alone (a text-only export)."""
+    with torch.inference_mode():
+        text_ref = _Tower(model, "text")(torch.from_numpy(torch_ids)).numpy()
+    text_cos = _min_cosine(runtime.encode_texts(texts), text_ref)
+    if not text_cos >= MIN_COSINE:  # NaN fails too
+        raise ExportError(
+            f"exported text tower differs from torch: least cosine {text_cos:.6f} "
+            f"(need >= {MIN_COSINE})"
+        )
+    return {
+        "text": text_cos,
+        "image": float("nan"),
+        "pixels": 0.0,
+        "text_self_test": runtime.self_test_output("text").tolist(),
+    }
+
+
+def _load(
+    directory: Path,
+    identity: str,
+    require_self_test: bool = True,
+    towers: Sequence[str] = ("text", "image"),
+) -> QueryRuntime:
     try:
         return QueryRuntime.load(
-            directory, expect_identity=identity, require_self_test=require_self_test
+            directory, expect_identity=identity, towers=towers, require_self_test=require_self_test
         )
     except QueryRuntimeError as exc:
         raise ExportError(f"the exported runtime does not load: {exc.reason}") from exc

@@ -39,6 +39,10 @@ from .errors import (
     QueryError,
     QueryRuntimeError,
 )
+from .languages import DIR_NAME as TEXT_ENCODERS_DIR
+from .languages import MAIN as MAIN_TOWER
+from .languages import META_KEY as TEXT_ENCODERS_KEY
+from .languages import TextEncoderInfo, check_name, choose, dump_registry, parse_registry
 from .lock import WriterLock
 from .media import content_hash, draft_size, load_image
 from .models import ModelSpec, model_record, resolve_model, spec_from_record
@@ -64,6 +68,7 @@ from .zeroshot import classify as classify_images
 if TYPE_CHECKING:  # the encoder (torch) is imported only when a model must run
     from .encoder import Encoder
     from .export import ExportReport
+    from .finetune.language import LanguageConfig
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +132,7 @@ class Index:
         self._model_info = catalog.model_info()  # read once; refreshed when it changes
         self._query_encoder: QueryEncoder | None = None
         self._loaded_runtime: QueryRuntime | None = None
+        self._text_towers: dict[str, QueryEncoder] = {}  # extra text encoders, loaded
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -175,6 +181,7 @@ class Index:
         self._vectors.clear()
         self._encoder = None
         self._query_encoder = self._loaded_runtime = None
+        self._text_towers.clear()
 
     def __enter__(self) -> Index:
         return self
@@ -471,6 +478,8 @@ class Index:
         include_self: bool = False,
         nprobe: int | None = None,
         filters: Filters | None = None,
+        lang: str | None = None,
+        text_encoder: str | None = None,
     ) -> list[Hit]:
         """Search the index.
 
@@ -483,17 +492,24 @@ class Index:
             include_self: for an image query that is itself indexed, allow it as a hit.
             nprobe: IVF lists to visit (compressed indexes only).
             filters: conditions on the hits (they add to a Query's own).
+            lang: the language of the query text: encoded by the index's text encoder
+                for that language when it has one (see :meth:`add_text_encoder`); default
+                detected from the text's script.
+            text_encoder: the name of the text encoder to use (``main``: the model's own);
+                wins over ``lang``.
 
         Returns:
             Hits, best first.
         """
         if isinstance(query, Query):
             merged = _merge(query.filters, filters)
-            return self.search_terms(query.terms, k, target, include_self, nprobe, merged)
+            return self.search_terms(
+                query.terms, k, target, include_self, nprobe, merged, lang, text_encoder
+            )
         target, ready = self._check_search(target, k)
         if not ready:
             return []
-        vector, self_id = self._query_vector(query)
+        vector, self_id = self._query_vector(query, lang, text_encoder)
         exclude = {self_id} if self_id is not None and not include_self else set()
         modality = "text" if isinstance(query, str) else "image"
         return self._search_vector(vector, k, target, exclude, nprobe, modality, filters)
@@ -506,6 +522,8 @@ class Index:
         include_self: bool = False,
         nprobe: int | None = None,
         filters: Filters | None = None,
+        lang: str | None = None,
+        text_encoder: str | None = None,
     ) -> list[Hit]:
         """Search with a weighted sum of terms (texts, image files, indexed items): the
         normalised sum of their unit vectors times their weights. Items given as positive
@@ -515,7 +533,7 @@ class Index:
             raise QueryError("empty query: give a text, an image or an item")
         if not ready:
             return []
-        vectors, exclude, modalities = self._term_vectors(terms)
+        vectors, exclude, modalities = self._term_vectors(terms, lang, text_encoder)
         vector = combine(vectors, [t.weight for t in terms])
         modality = "text" if "text" in modalities else "image"
         exclude = set() if include_self else exclude
@@ -593,7 +611,9 @@ class Index:
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)  # float16 → unit
         return self._search_vector(vector, k, target, {item_id}, nprobe, modality, filters)
 
-    def _term_vectors(self, terms: Sequence[Term]) -> tuple[np.ndarray, set[int], set[str]]:
+    def _term_vectors(
+        self, terms: Sequence[Term], lang: str | None = None, text_encoder: str | None = None
+    ) -> tuple[np.ndarray, set[int], set[str]]:
         """Unit vectors of the terms (texts encoded together), the ids of indexed items
         among the positive terms, and the modalities the terms come from."""
         rows: list[np.ndarray | None] = [None] * len(terms)
@@ -601,7 +621,9 @@ class Index:
         modalities: set[str] = set()
         texts = [n for n, t in enumerate(terms) if t.kind == "text"]
         if texts:
-            encoded = self._encode_query("text", [terms[n].value for n in texts])
+            values = [terms[n].value for n in texts]
+            tower = self.choose_text_encoder(" ".join(values), lang, text_encoder)
+            encoded = self._encode_query("text", values, tower)
             for n, vec in zip(texts, encoded, strict=True):
                 rows[n] = vec
             modalities.add("text")
@@ -630,12 +652,15 @@ class Index:
             raise ItemNotFoundError(item_id)
         return vectors[0], record.modality
 
-    def _query_vector(self, query: Any) -> tuple[np.ndarray, int | None]:
+    def _query_vector(
+        self, query: Any, lang: str | None = None, text_encoder: str | None = None
+    ) -> tuple[np.ndarray, int | None]:
         if isinstance(query, str):
             text = query.strip()
             if not text:
                 raise QueryError("empty query: give a text or an image")
-            return self._encode_query("text", [text])[0], None
+            tower = self.choose_text_encoder(text, lang, text_encoder)
+            return self._encode_query("text", [text], tower)[0], None
         if isinstance(query, Image.Image):
             return self._encode_query("image", [query])[0], None
         if isinstance(query, os.PathLike):
@@ -690,7 +715,9 @@ class Index:
             logger.info("queries are encoded with torch: %s", exc.reason)
             return self.encoder()
 
-    def _encode_query(self, kind: str, items: list[Any]) -> np.ndarray:
+    def _encode_query(self, kind: str, items: list[Any], tower: str = MAIN_TOWER) -> np.ndarray:
+        if kind == "text" and tower != MAIN_TOWER:
+            return self._text_tower(tower).encode_texts(items)
         encoder = self.query_encoder()
         try:
             if kind == "text":
@@ -888,7 +915,183 @@ class Index:
             skipped_files=[
                 Skipped(r.path, r.reason, remembered=True) for r in self.catalog.skipped_files()
             ],
+            text_encoders=[e.to_dict() for e in self.text_encoders()],
         )
+
+    # -- languages ------------------------------------------------------------------------
+
+    def text_encoders(self) -> list[TextEncoderInfo]:
+        """The index's extra text encoders (see :meth:`add_text_encoder`), by name."""
+        return list(self._registry().values())
+
+    def _registry(self) -> dict[str, TextEncoderInfo]:
+        identity = self.model_info["identity"] if self.model_info else None
+        return parse_registry(self.catalog.get_meta(TEXT_ENCODERS_KEY), identity)
+
+    def choose_text_encoder(
+        self, text: str = "", lang: str | None = None, name: str | None = None
+    ) -> str:
+        """The name of the text encoder a query uses (``main``: the model's own tower): the
+        one named, else the one taught ``lang``, else the one of the language detected
+        from the text's script (see :mod:`mmsearch.languages`), else ``main``.
+
+        Raises:
+            QueryError: ``name`` is unknown or stale.
+        """
+        if not (lang or name) and text.isascii():
+            return MAIN_TOWER  # detection needs a non-Latin script: no catalog read
+        chosen = choose(self._registry(), text, lang, name)
+        return chosen.name if chosen is not None else MAIN_TOWER
+
+    def _text_tower(self, name: str) -> QueryEncoder:
+        """An extra text encoder, loaded once: its ONNX export (no torch) when valid, else
+        torch (the index model with its text-tower weights)."""
+        tower = self._text_towers.get(name)
+        if tower is not None:
+            return tower
+        info = choose(self._registry(), name=name)
+        assert info is not None  # choose() raises for unknown names
+        directory = self.path / TEXT_ENCODERS_DIR / name
+        choice = config.query_runtime_choice()
+        if choice != "torch":
+            try:
+                tower = QueryRuntime.load(
+                    directory / "runtime", expect_identity=info.identity, towers=()
+                )
+            except QueryRuntimeError as exc:
+                if choice == "onnx":
+                    raise
+                logger.info("text encoder %s runs on torch: %s", name, exc.reason)
+        if tower is None:
+            from .finetune.language import load_tower  # torch
+
+            self._spec()
+            tower = load_tower(self.encoder(), directory, f"{name} ({info.lang})")
+        self._text_towers[name] = tower
+        return tower
+
+    @_writer
+    def add_text_encoder(
+        self,
+        pairs: str | os.PathLike[str],
+        lang: str,
+        name: str | None = None,
+        training: LanguageConfig | None = None,
+        init: str | os.PathLike[str] | None = None,
+        init_pretrained: str | None = None,
+        image_column: str = "image",
+        caption_column: str = "caption",
+        progress: ProgressFactory | None = None,
+    ) -> TextEncoderInfo:
+        """Teach the index a language without re-encoding its images: train a text tower
+        on the caption pairs of a file against the index model's frozen image tower, and
+        register it as an extra text encoder (files under ``text-encoders/NAME/`` in the
+        index directory: weights and a verified ONNX export for torch-free queries).
+
+        Indexed images reuse their stored vectors (same content hash); other images of the
+        pairs are encoded once. The index's vectors are not touched. Queries in ``lang``
+        then use it (:meth:`search` ``lang=``, detection, or ``text_encoder=NAME``).
+
+        Args:
+            pairs: CSV/TSV/JSONL of image paths and captions in the language.
+            lang: the language code, e.g. ``zh``.
+            name: the encoder's name (default ``lang``); an existing one is replaced.
+            training: settings (:class:`~mmsearch.finetune.language.LanguageConfig`).
+            init: a model whose text tower (same architecture) to start from; default the
+                index model's.
+            init_pretrained: its pretrained tag or checkpoint.
+            image_column / caption_column: columns of the pairs file.
+            progress: progress-bar factory.
+
+        Returns:
+            The registered encoder, with held-out recall of it and of the main tower;
+            ``skipped`` lists the pair rows not used.
+
+        Raises:
+            MMSearchError: the index has no model yet; bad name; too few pairs; the
+                export fails its checks.
+        """
+        import shutil
+        import time
+
+        from .export import export_model  # torch: needed only to teach
+        from .finetune.language import save_tower, teach_text_tower
+
+        self._check_reembed_done()
+        name = check_name(name or lang.strip().lower())
+        if self.model_info is None:
+            raise MMSearchError("the index has no model yet: index images first")
+        self._spec()
+        base = self.encoder()
+        start = None
+        if init is not None:
+            from .encoder import Encoder
+
+            start = Encoder.load(init, init_pretrained, device=self._device)
+        taught = teach_text_tower(
+            self.catalog,
+            base,
+            pairs,
+            training,
+            init=start,
+            image_column=image_column,
+            caption_column=caption_column,
+            display=f"{base.spec.display} + {name} text encoder",
+            progress=progress,
+        )
+        root = self.path / TEXT_ENCODERS_DIR
+        tmp = root / f".{name}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            save_tower(taught.encoder, tmp, {"lang": lang, "name": name})
+            export_model(taught.encoder, tmp / "runtime", text_only=True)
+            final = root / name
+            old = root / f".{name}.{os.getpid()}.old"
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        info = TextEncoderInfo(
+            name=name,
+            lang=lang.strip().lower(),
+            model=self.model_info["identity"],
+            identity=taught.encoder.spec.identity,
+            context_length=taught.encoder.context_length,
+            heldout=taught.heldout,
+            main_heldout=taught.main_heldout,
+            train_pairs=taught.train_pairs,
+            reused_vectors=taught.reused_vectors,
+            encoded_images=taught.encoded_images,
+            seconds=taught.seconds,
+            init=start.spec.display if start is not None else base.spec.display,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        registry = self._registry()
+        registry[name] = info
+        self.catalog.set_meta(TEXT_ENCODERS_KEY, dump_registry(registry))
+        self._text_towers.pop(name, None)
+        info.skipped = taught.skipped
+        return info
+
+    @_writer
+    def remove_text_encoder(self, name: str) -> None:
+        """Forget an extra text encoder and delete its files.
+
+        Raises:
+            QueryError: no encoder has that name.
+        """
+        import shutil
+
+        registry = self._registry()
+        if name not in registry:
+            have = ", ".join(sorted(registry)) or "none"
+            raise QueryError(f"no text encoder {name!r} in this index (extra ones: {have})")
+        del registry[name]
+        self.catalog.set_meta(TEXT_ENCODERS_KEY, dump_registry(registry))
+        self._text_towers.pop(name, None)
+        shutil.rmtree(self.path / TEXT_ENCODERS_DIR / name, ignore_errors=True)
 
 
 def _merge(own: Filters, extra: Filters | None) -> Filters:

@@ -169,6 +169,8 @@ class IndexInfo:
     query_runtime: str = ""  # how queries are encoded: onnx (its directory) or torch (why)
     tags: dict[str, int] = field(default_factory=dict)  # items per tag, most first
     skipped_files: list[Skipped] = field(default_factory=list)  # remembered bad files
+    # extra text encoders (taught languages), as mmsearch.languages.TextEncoderInfo dicts
+    text_encoders: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -162,3 +162,98 @@ def test_cli_writes_the_same_files_as_the_function(tmp_path):
     assert (tmp_path / "cli" / "images" / "000003.png").read_bytes() == (
         tmp_path / "api" / "images" / "000003.png"
     ).read_bytes()
+
+
+# -- Chinese captions (--lang zh) ------------------------------------------------------------
+
+
+def test_chinese_captions_follow_the_grammar():
+    assert ms.Scene((ms.Group(1, "red", "circle"),)).caption_zh == "一个红色的圆形"
+    assert ms.Scene((ms.Group(3, "blue", "square"),)).caption_zh == "三个蓝色的正方形"
+    pair = ms.Scene((ms.Group(2, "blue", "square"), ms.Group(1, "yellow", "triangle")), "left of")
+    assert pair.caption_zh == "两个蓝色的正方形在一个黄色三角形的左边"
+    above = ms.Scene((ms.Group(1, "purple", "circle"), ms.Group(2, "green", "square")), "above")
+    assert above.caption_zh == "一个紫色的圆形在两个绿色正方形的上面"
+    for scene in (pair, above):
+        assert ms.parse_caption(scene.caption_zh, lang="zh") == scene
+
+
+def test_chinese_set_has_the_same_images_and_aligned_captions(tmp_path):
+    en = ms.make_shapes(tmp_path / "en", 40, seed=7)
+    zh = ms.make_shapes(tmp_path / "zh", 40, seed=7, lang="zh")
+    en_rows, zh_rows = _read_csv(en), _read_csv(zh)
+    assert [r["image"] for r in en_rows] == [r["image"] for r in zh_rows]
+    for e, z in zip(en_rows, zh_rows, strict=True):
+        assert (en.parent / e["image"]).read_bytes() == (zh.parent / z["image"]).read_bytes()
+        # The same scene, worded in each language.
+        assert ms.parse_caption(z["caption"], lang="zh") == ms.parse_caption(e["caption"])
+        assert z["caption"] != e["caption"]
+        assert all("\u4e00" <= ch <= "\u9fff" for ch in z["caption"])
+
+
+def test_chinese_set_is_deterministic(tmp_path):
+    a = ms.make_shapes(tmp_path / "a", 10, seed=3, lang="zh")
+    b = ms.make_shapes(tmp_path / "b", 10, seed=3, lang="zh")
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != ms.make_shapes(tmp_path / "c", 10, seed=4, lang="zh").read_bytes()
+
+
+def test_both_languages_in_one_file(tmp_path):
+    both = ms.make_shapes(tmp_path / "both", 12, seed=2, lang="en,zh")
+    with both.open(newline="", encoding="utf-8") as f:
+        assert next(csv.reader(f)) == ["image", "caption_en", "caption_zh"]
+    en = _read_csv(ms.make_shapes(tmp_path / "en", 12, seed=2))
+    zh = _read_csv(ms.make_shapes(tmp_path / "zh", 12, seed=2, lang=["zh"]))
+    rows = _read_csv(both)
+    assert [r["caption_en"] for r in rows] == [r["caption"] for r in en]
+    assert [r["caption_zh"] for r in rows] == [r["caption"] for r in zh]
+    assert (tmp_path / "both" / "images" / "000011.png").read_bytes() == (
+        tmp_path / "en" / "images" / "000011.png"
+    ).read_bytes()
+
+
+def test_every_chinese_grammar_element_occurs():
+    scenes = [ms.make_sample(seed=0, index=i).scene for i in range(400)]
+    captions = [s.caption_zh for s in scenes]
+    assert {ms.parse_caption(c, lang="zh").kind for c in captions} == {"single", "count", "pair"}
+    for word in [*ms.ZH_COLOURS.values(), *ms.ZH_SHAPES.values(), *ms.ZH_NUMBERS.values()]:
+        assert any(word in c for c in captions), word
+    for word in ms.ZH_RELATIONS.values():
+        assert any(c.endswith(f"的{word}") for c in captions), word
+    assert [ms.parse_caption(c, lang="zh") for c in captions] == scenes
+    assert ms.make_pair(0, 5, lang="zh")[1] == scenes[5].caption_zh
+
+
+def test_parse_chinese_caption_rejects_text_outside_the_grammar():
+    bad = [
+        "一个红色圆形",
+        "一个粉色的圆形",
+        "四个红色的圆形",
+        "一个红色的圆形在一个蓝色的方形的左边",
+        "红色的圆形",
+    ]
+    for text in bad:
+        with pytest.raises(ValueError):
+            ms.parse_caption(text, lang="zh")
+    with pytest.raises(ValueError):
+        ms.parse_caption("a red circle", lang="fr")
+    with pytest.raises(ValueError):
+        ms.make_shapes("unused", 1, lang="fr")
+
+
+def test_cli_lang_option(tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(SCRIPT), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+
+    ok = run(str(tmp_path / "cli"), "--n", "3", "--seed", "1", "--lang", "zh")
+    assert ok.returncode == 0, ok.stderr
+    expected = ms.make_shapes(tmp_path / "api", 3, seed=1, lang="zh")
+    assert (tmp_path / "cli" / "pairs.csv").read_bytes() == expected.read_bytes()
+    bad = run(str(tmp_path / "bad"), "--n", "1", "--lang", "xx")
+    assert bad.returncode == 2 and "xx" in bad.stderr

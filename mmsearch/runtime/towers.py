@@ -200,6 +200,8 @@ class QueryRuntime:
     def _create_session(self, tower: str) -> Any:
         if tower not in TOWERS:
             raise ValueError(f"unknown tower {tower!r} (known: {', '.join(TOWERS)})")
+        if tower not in self.meta["towers"]:
+            raise QueryRuntimeError(self.path, f"this runtime has no {tower} tower (text only)")
         file = self.path / self.meta["towers"][tower]["file"]
         wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         providers = [p for p in wanted if p in self._ort.get_available_providers()]
@@ -264,7 +266,9 @@ def _read_meta(path: Path) -> dict[str, Any]:
         )
     required = ("identity", "dim", "context_length", "tokenizer", "image", "towers", "files")
     missing = [k for k in required if k not in meta]
-    if missing or not all(t in meta["towers"] for t in TOWERS):
+    # A text-only runtime (an index's extra text encoder) has no image tower.
+    towers = ("text",) if meta.get("text_only") is True else TOWERS
+    if missing or not all(t in meta["towers"] for t in towers):
         raise QueryRuntimeError(path, f"{fmt.RUNTIME_FILE} lacks {missing or 'a tower'}")
     return meta
 

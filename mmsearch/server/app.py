@@ -55,6 +55,7 @@ class SearchOut(BaseModel):
     offset: int
     next_offset: int | None
     hits: list[HitOut]
+    text_encoder: str | None = None  # the index's text encoder that encoded a text query
 
 
 class ItemOut(BaseModel):
@@ -133,10 +134,19 @@ def _add_api(app: FastAPI, backend: Backend) -> None:
         target: Target = "image",
         k: K = 20,
         offset: Offset = 0,
+        lang: Annotated[
+            str | None,
+            Query(max_length=16, description="Language of q (zh …) [default: detected]."),
+        ] = None,
+        text_encoder: Annotated[
+            str | None,
+            Query(max_length=32, description="The index's text encoder to use (main …)."),
+        ] = None,
     ) -> dict[str, Any]:
-        """Images (or texts) matching a text."""
-        page = await run_search(backend.search_text, q, target, k, offset)
-        return _out(page, target, k, offset)
+        """Images (or texts) matching a text (any language: a taught one is encoded by its
+        own text encoder)."""
+        page = await run_search(backend.search_text, q, target, k, offset, lang, text_encoder)
+        return {**_out(page, target, k, offset), "text_encoder": page.text_encoder}
 
     @app.post("/api/search/image", response_model=SearchOut, tags=["search"])
     async def search_image(

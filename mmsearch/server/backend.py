@@ -16,6 +16,7 @@ SQLAlchemy's thread-safe engine, and SQLite's WAL lets them read while an indexe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -41,6 +42,7 @@ class Page:
 
     hits: list[Hit]
     next_offset: int | None
+    text_encoder: str | None = None  # which text encoder encoded a text query
 
 
 class Backend:
@@ -87,14 +89,26 @@ class Backend:
 
     # -- searches -----------------------------------------------------------------------
 
-    def search_text(self, text: str, target: str, k: int, offset: int) -> Page:
-        """Items matching a text query."""
+    def search_text(
+        self,
+        text: str,
+        target: str,
+        k: int,
+        offset: int,
+        lang: str | None = None,
+        text_encoder: str | None = None,
+    ) -> Page:
+        """Items matching a text query; ``lang``/``text_encoder`` choose the index's text
+        encoder (default: detected from the text's script)."""
         if not text.strip():
             raise QueryError("empty query: give a text or an image")
         depth = _depth(k, offset)
         with self._lock:
-            hits = self.index.search(text, k=depth, target=target)
-        return _page(hits, k, offset, depth)
+            hits = self.index.search(
+                text, k=depth, target=target, lang=lang, text_encoder=text_encoder
+            )
+            tower = self.index.choose_text_encoder(text.strip(), lang, text_encoder)
+        return dataclasses.replace(_page(hits, k, offset, depth), text_encoder=tower)
 
     def search_image(self, image: Image.Image, target: str, k: int, offset: int) -> Page:
         """Items matching a query image (already decoded, RGB)."""

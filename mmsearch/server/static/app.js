@@ -30,6 +30,7 @@ async function api(url, options) {
 
 function searchRequest(offset) {
   const params = new URLSearchParams({ target: state.target, k: PAGE, offset });
+  if (state.lang) params.set("lang", state.lang);
   if (state.q) return api(`api/search?q=${encodeURIComponent(state.q)}&${params}`);
   if (state.like) return api(`api/items/${state.like}/similar?${params}`);
   if (state.upload) {
@@ -46,6 +47,7 @@ function searchRequest(offset) {
 function stateFromUrl() {
   const p = new URLSearchParams(location.search);
   const s = { target: p.get("target") === "text" ? "text" : "image" };
+  if (/^[a-z]{2,3}$/.test(p.get("lang") || "")) s.lang = p.get("lang");
   if (p.get("q")) s.q = p.get("q");
   else if (/^\d+$/.test(p.get("like") || "")) s.like = p.get("like");
   else if (history.state && history.state.upload) s.upload = history.state.upload;
@@ -55,6 +57,7 @@ function stateFromUrl() {
 function urlFor(s) {
   const p = new URLSearchParams();
   if (s.q) p.set("q", s.q);
+  if (s.lang) p.set("lang", s.lang);
   if (s.like) p.set("like", s.like);
   if (s.upload) p.set("image", "upload");
   if (s.target === "text") p.set("target", "text");
@@ -256,7 +259,7 @@ el.viewer.addEventListener("close", () => {
 el.form.addEventListener("submit", (e) => {
   e.preventDefault();
   const q = el.q.value.trim();
-  if (q) go({ q, target: state.target });
+  if (q) go({ q, target: state.target, lang: state.lang });
 });
 
 for (const b of document.querySelectorAll(".toggle button")) {
