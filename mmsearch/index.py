@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -19,16 +20,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import numpy as np
 from PIL import Image
 
-from indexer.pipeline import index_images
-from indexer.reembed import reembed
-from indexer.texts import TextRecord, index_texts, read_text_sources
-
 from . import config
 from .ann.faiss_index import VectorIndex
 from .ann.policy import choose_spec
 from .ann.upkeep import Upkeep
 from .ann.upkeep import check as check_derived
-from .catalog import Catalog, ItemRecord, from_blobs
+from .catalog_base import ItemRecord, from_blobs
+from .catalog_reader import CatalogReader
 from .errors import (
     IndexNotFoundError,
     InputError,
@@ -61,6 +59,9 @@ from .zeroshot import DEFAULT_TEMPLATES, DEFAULT_THRESHOLD, DEFAULT_TOP, tag_lib
 from .zeroshot import classify as classify_images
 
 if TYPE_CHECKING:  # the encoder (torch) is imported only when a model must run
+    from indexer.texts import TextRecord
+
+    from .catalog import Catalog
     from .encoder import Encoder
     from .export import ExportReport
 
@@ -101,7 +102,8 @@ class Index:
 
     Args:
         path: the index directory.
-        catalog: its open catalog.
+        catalog: its open catalog, or a reader of it: the full catalog (SQLAlchemy) is
+            then opened when something writes (see :attr:`catalog`).
         spec: the model requested by the caller, or None to use the index's own.
         device: where to run the model.
         lock: the writer lock every method that writes holds (default: wait for it).
@@ -110,20 +112,26 @@ class Index:
     def __init__(
         self,
         path: Path,
-        catalog: Catalog,
+        catalog: Catalog | CatalogReader,
         spec: ModelSpec | None,
         device: str | None = None,
         lock: WriterLock | None = None,
     ) -> None:
         self.path = path
         self.lock = lock or WriterLock(path)
-        self.catalog = catalog
+        self._reader: CatalogReader | None = None
+        self._catalog: Catalog | None = None
+        if isinstance(catalog, CatalogReader):
+            self._reader = catalog
+        else:
+            self._catalog = catalog
+        self._catalog_lock = threading.Lock()
         self._requested = spec
         self._device = device
         self._encoder: Encoder | None = None
         self._vectors: dict[str, VectorIndex] = {}
         self._keeper: Upkeep | None = None
-        self._model_info = catalog.model_info()  # read once; refreshed when it changes
+        self._model_info = self._reads.model_info()  # read once; refreshed when it changes
         self._query_encoder: QueryEncoder | None = None
         self._loaded_runtime: QueryRuntime | None = None
 
@@ -162,15 +170,41 @@ class Index:
         if model is not None or pretrained is not None:
             spec = resolve_model(model, pretrained)
         lock = WriterLock(directory, wait, on_wait)
-        if db.exists():
-            catalog = Catalog(db)
-        else:  # two processes creating one index: the second must find the schema made
-            with lock:
+        # A query reads the catalog without SQLAlchemy (a third of a cold query's time);
+        # a catalog the reader cannot serve as it is (to migrate, damaged) gets the ORM.
+        catalog: Catalog | CatalogReader | None = CatalogReader.open(db) if db.exists() else None
+        if catalog is None:
+            from .catalog import Catalog
+
+            if db.exists():
                 catalog = Catalog(db)
+            else:  # two processes creating one index: the second must find the schema made
+                with lock:
+                    catalog = Catalog(db)
         return cls(directory, catalog, spec, device, lock)
 
+    @property
+    def catalog(self) -> Catalog:
+        """The full catalog (SQLAlchemy): opened on first use when the index was opened
+        with a reader, which is what reads go through (:attr:`_reads`)."""
+        with self._catalog_lock:
+            if self._catalog is None:
+                from .catalog import Catalog
+
+                assert self._reader is not None
+                self._catalog = Catalog(self._reader.path)
+            return self._catalog
+
+    @property
+    def _reads(self) -> Catalog | CatalogReader:
+        """What reads go through: the reader when there is one, else the catalog."""
+        return self._reader if self._reader is not None else self.catalog
+
     def close(self) -> None:
-        self.catalog.close()
+        if self._catalog is not None:
+            self._catalog.close()
+        if self._reader is not None:
+            self._reader.close()
         self._vectors.clear()
         self._encoder = None
         self._query_encoder = self._loaded_runtime = None
@@ -189,7 +223,7 @@ class Index:
         return self._model_info
 
     def _reload_model_info(self) -> None:
-        self._model_info = self.catalog.model_info()
+        self._model_info = self._reads.model_info()
 
     def _spec(self) -> ModelSpec:
         """The model to encode with: the requested one if compatible, else the stored one."""
@@ -236,6 +270,8 @@ class Index:
         """
         self._check_reembed_done()
         self._spec()  # refuse a mismatched model before any work
+        from indexer.pipeline import index_images
+
         summary = index_images(
             self.catalog,
             paths,
@@ -255,6 +291,8 @@ class Index:
         self, texts: Iterable[str], source: str = "api", progress: ProgressFactory | None = None
     ) -> RunSummary:
         """Index texts given directly (empty ones are skipped; duplicates stored once)."""
+        from indexer.texts import TextRecord
+
         records = [
             TextRecord(t.strip(), f"{source}:{n}")
             for n, t in enumerate(texts, 1)
@@ -271,6 +309,8 @@ class Index:
     ) -> RunSummary:
         """Index the texts of .txt (a line each), .jsonl (``field``) or .csv/.tsv
         (``column``) files. Lines that can't be parsed are skipped and listed."""
+        from indexer.texts import read_text_sources
+
         result = read_text_sources(paths, column=column, field=field)
         summary = self._add_text_records(result.records, progress)
         summary.skipped.extend(Skipped(src, reason) for src, reason in result.skipped)
@@ -282,6 +322,8 @@ class Index:
     ) -> RunSummary:
         self._check_reembed_done()
         self._spec()
+        from indexer.texts import index_texts
+
         summary = index_texts(self.catalog, records, self.encoder, progress=progress)
         self._reload_model_info()
         self.refresh("text")
@@ -296,6 +338,8 @@ class Index:
         progress: ProgressFactory | None = None,
     ) -> RunSummary:
         """Encode every item again with the requested model, which becomes the index's."""
+        from indexer.reembed import reembed as reembed_items
+
         from .encoder import Encoder  # torch: seconds to import, only when encoding
 
         if self._requested is None:
@@ -305,7 +349,7 @@ class Index:
         self.catalog.set_model_info(model_record(encoder.spec, encoder.dim))
         self._reload_model_info()
         self._encoder = encoder
-        summary = reembed(
+        summary = reembed_items(
             self.catalog, lambda: encoder, batch_size=batch_size, workers=workers, progress=progress
         )
         keeper = self._upkeep()
@@ -359,7 +403,7 @@ class Index:
     def _check_reembed_done(self) -> None:
         """Refuse to use a catalog whose re-embedding was interrupted: its rows come from
         two models, whichever model is named, so only finishing the re-embed may run."""
-        if self.catalog.get_meta("reembed_pending"):
+        if self._reads.get_meta("reembed_pending"):
             raise MMSearchError(
                 "a re-embedding of this index was interrupted, so its items come from two "
                 "models; finish it (`mmsearch index --reembed --model ...`) before using it"
@@ -373,7 +417,7 @@ class Index:
         if info is None:
             return None
         if self._keeper is None or self._keeper.model != info["identity"]:
-            self._keeper = Upkeep(self.path, self.catalog, info["identity"], int(info["dim"]))
+            self._keeper = Upkeep(self.path, self._reads, info["identity"], int(info["dim"]))
         return self._keeper
 
     def vectors(self, modality: str) -> VectorIndex:
@@ -383,7 +427,7 @@ class Index:
         keeper = self._upkeep()
         if (
             vi is None
-            or vi.manifest.generation != self.catalog.generation(modality)
+            or vi.manifest.generation != self._reads.generation(modality)
             or (keeper is not None and keeper.must_refresh(modality))
         ):
             vi = self.refresh(modality)
@@ -416,7 +460,7 @@ class Index:
         from dataclasses import replace
 
         self._check_reembed_done()
-        current = self.catalog.settings()
+        current = self._reads.settings()
         new = replace(
             current,
             index_type=index_type or current.index_type,
@@ -427,7 +471,7 @@ class Index:
         for modality in TARGETS:  # refuse a budget the corpus cannot fit, before saving
             try:
                 choose_spec(
-                    self.catalog.count(modality),
+                    self._reads.count(modality),
                     dim,
                     index_type=new.index_type,
                     memory_budget=new.memory_budget,
@@ -443,7 +487,7 @@ class Index:
             if keeper is not None:
                 for path in keeper.paths(modality):
                     path.unlink(missing_ok=True)
-                if self.catalog.count(modality):
+                if self._reads.count(modality):
                     self.refresh(modality)
 
     # -- search -------------------------------------------------------------------------
@@ -534,7 +578,7 @@ class Index:
         if keeper is None:  # cannot happen: model_info was checked by the caller
             return []
         return search_filtered(
-            self.catalog,
+            self._reads,
             vi,
             vector,
             k,
@@ -551,7 +595,7 @@ class Index:
         Raises:
             ItemNotFoundError: no item has that id (never had, or it was removed).
         """
-        record = self.catalog.records([item_id]).get(item_id)
+        record = self._reads.records([item_id]).get(item_id)
         if record is None:
             raise ItemNotFoundError(item_id)
         return record
@@ -610,7 +654,7 @@ class Index:
             ItemNotFoundError: no such item (a QueryError: ``id:N`` names a missing item).
         """
         record = self.item(item_id)
-        found, vectors = self.catalog.embeddings([item_id], self.dim)
+        found, vectors = self._reads.embeddings([item_id], self.dim)
         if not found:  # removed since it was looked up
             raise ItemNotFoundError(item_id)
         return vectors[0], record.modality
@@ -641,9 +685,9 @@ class Index:
             digest = content_hash(path)
         except InputError as exc:
             raise QueryError(f"cannot read query image {path}: {exc.reason}") from exc
-        record = self.catalog.find_path(str(path))
+        record = self._reads.find_path(str(path))
         self_id = record.id if record else None
-        stored = self.catalog.embeddings_by_hash("image", [digest]).get(digest)
+        stored = self._reads.embeddings_by_hash("image", [digest]).get(digest)
         if stored is not None:  # this content is indexed: the embedding is known
             return from_blobs([stored], self.dim)[0], self_id
         size = self.query_encoder().image_size
@@ -761,7 +805,7 @@ class Index:
         Returns:
             A :class:`CheckReport`; ``report.ok`` is False while a problem is unrepaired.
         """
-        if self.catalog.get_meta("reembed_pending"):
+        if self._reads.get_meta("reembed_pending"):
             problem = CheckProblem(
                 "catalog",
                 "a re-embedding was interrupted: items come from two models; finish it "
@@ -824,7 +868,7 @@ class Index:
         model = self.model_info
         vectors = []
         for modality in TARGETS:
-            if model is None or not self.catalog.count(modality):
+            if model is None or not self._reads.count(modality):
                 continue
             vi = self.vectors(modality)
             params = dict(vi.manifest.params)
@@ -851,15 +895,15 @@ class Index:
             path=str(self.path),
             model=model["display"] if model else "",
             dim=int(model["dim"]) if model else 0,
-            images=self.catalog.count("image"),
-            texts=self.catalog.count("text"),
-            schema_version=self.catalog.schema_version,
+            images=self._reads.count("image"),
+            texts=self._reads.count("text"),
+            schema_version=self._reads.schema_version,
             vectors=vectors,
             catalog_bytes=size,
             query_runtime=self.query_runtime_status(),
-            tags=self.catalog.tag_counts(),
+            tags=self._reads.tag_counts(),
             skipped_files=[
-                Skipped(r.path, r.reason, remembered=True) for r in self.catalog.skipped_files()
+                Skipped(r.path, r.reason, remembered=True) for r in self._reads.skipped_files()
             ],
         )
 
