@@ -59,7 +59,10 @@ THREAD_VARIANTS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
 
 
 def _env(workdir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",)}
+    # Bytecode is written and used, as for an installed mmsearch (pip compiles it): without
+    # it every cold run would compile mmsearch's sources first.
+    dropped = ("OMP_WAIT_POLICY", "PYTHONDONTWRITEBYTECODE")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env.update(
         PYTHONPATH=str(ROOT),
         HF_HUB_OFFLINE="1",
@@ -150,17 +153,24 @@ def query_cmd(idx: Path, extra: tuple[str, ...] = ()) -> list[str]:
 
 
 def cold(workdir: Path, idx: Path, runs: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for runtime in ("torch", "onnx"):
-        env = _env(workdir, MMSEARCH_QUERY_RUNTIME=runtime)
-        cold_once(query_cmd(idx), env, workdir)  # not counted: fills the page cache
-        samples = [cold_once(query_cmd(idx), env, workdir) for _ in range(runs)]
+    out: dict[str, Any] = {"loadavg_before": os.getloadavg()}
+    runtimes = ("torch", "onnx")
+    envs = {r: _env(workdir, MMSEARCH_QUERY_RUNTIME=r) for r in runtimes}
+    for runtime in runtimes:
+        cold_once(query_cmd(idx), envs[runtime], workdir)  # not counted: fills the page cache
+    samples: dict[str, list[tuple[float, float, float]]] = {r: [] for r in runtimes}
+    for _ in range(runs):  # interleaved: a change of the machine's load hits both alike
+        for runtime in runtimes:
+            samples[runtime].append(cold_once(query_cmd(idx), envs[runtime], workdir))
+    for runtime in runtimes:
+        got = samples[runtime]
         out[runtime] = {
-            "wall_s_median": round(statistics.median(s[0] for s in samples), 3),
-            "wall_s_all": [round(s[0], 3) for s in samples],
-            "peak_rss_mb_median": round(statistics.median(s[1] for s in samples), 1),
-            "cpu_s_median": round(statistics.median(s[2] for s in samples), 3),
+            "wall_s_median": round(statistics.median(s[0] for s in got), 3),
+            "wall_s_all": [round(s[0], 3) for s in got],
+            "peak_rss_mb_median": round(statistics.median(s[1] for s in got), 1),
+            "cpu_s_median": round(statistics.median(s[2] for s in got), 3),
         }
+    out["loadavg_after"] = os.getloadavg()
     out["onnx_imports"] = import_profile(workdir, idx)
     out["onnx_phases"] = phases(workdir, idx, runs)
     return out
@@ -169,9 +179,8 @@ def cold(workdir: Path, idx: Path, runs: int) -> dict[str, Any]:
 def import_profile(workdir: Path, idx: Path) -> dict[str, Any]:
     """``-X importtime`` of the ONNX-path query: heavy modules present, slowest imports."""
     env = _env(workdir, MMSEARCH_QUERY_RUNTIME="onnx")
-    proc = subprocess.run(
-        query_cmd(idx, ("-X", "importtime")), env=env, capture_output=True, text=True, check=True
-    )
+    cmd = [c for c in query_cmd(idx, ("-X", "importtime")) if c != "-q"]  # -q mutes stderr
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     rows = []
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
@@ -181,6 +190,7 @@ def import_profile(workdir: Path, idx: Path) -> dict[str, Any]:
     top = sorted((r for r in rows if r[3] <= 3), key=lambda r: -r[2])[:12]
     return {
         "torch": "torch" in names,
+        "sqlalchemy": "sqlalchemy" in names,
         "open_clip": "open_clip" in names,
         "total_import_s": round(sum(r[1] for r in rows) / 1e6, 3),
         "slowest_cumulative_ms": {name: round(cum / 1e3, 1) for name, _, cum, _ in top},
@@ -196,13 +206,13 @@ marks = [("start", *now())]
 def mark(name):
     marks.append((name, *now()))
 import numpy; mark("import numpy")
-import sqlalchemy; mark("import sqlalchemy")
 import faiss; mark("import faiss")
 import onnxruntime; mark("import onnxruntime")
+import mmsearch.cli; mark("import mmsearch.cli")
 from mmsearch.index import Index; mark("import mmsearch.index (rest)")
-index = Index.open(sys.argv[1], create=False); mark("Index.open (catalog)")
+index = Index.open(sys.argv[1], create=False, few_queries=True); mark("Index.open (catalog)")
 encoder = index.query_encoder(); mark("QueryRuntime.load (tokenizer)")
-encoder._session("text"); mark("text session + self-test")
+encoder._session("text"); mark("text session (self-test: only if not verified)")
 vector = encoder.encode_texts(["a red car"])[0]; mark("encode the query")
 vi = index.vectors("image"); mark("open the store + load the ANN index")
 hits = index.search("a red car", k=10); mark("search (encode again + ANN + re-rank + rows)")
@@ -253,8 +263,8 @@ def worker(args: argparse.Namespace) -> None:
 
         base = towers._session_options
 
-        def options(ort: Any) -> Any:
-            opts = base(ort)
+        def options(ort: Any, *args: Any) -> Any:
+            opts = base(ort, *args)
             opts.intra_op_num_threads = int(ort_threads)
             return opts
 
@@ -401,6 +411,12 @@ def main() -> None:
         worker(args)
         return
     sys.path.insert(0, str(ROOT))
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "mmsearch"), str(ROOT / "indexer")],
+        env=_env(args.workdir),
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
     args.workdir.mkdir(parents=True, exist_ok=True)
     os.environ.update(_env(args.workdir))
     weights = checkpoint(args.workdir)

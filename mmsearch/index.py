@@ -134,6 +134,7 @@ class Index:
         self._model_info = self._reads.model_info()  # read once; refreshed when it changes
         self._query_encoder: QueryEncoder | None = None
         self._loaded_runtime: QueryRuntime | None = None
+        self._few_queries = False
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -147,6 +148,7 @@ class Index:
         create: bool = True,
         wait: bool = True,
         on_wait: Callable[[int | None], None] | None = None,
+        few_queries: bool = False,
     ) -> Index:
         """Open (or create) the index at ``path``.
 
@@ -160,6 +162,9 @@ class Index:
             wait: when another process is writing the index, wait for it before writing
                 (else writing raises IndexBusyError). Searching never waits.
             on_wait: called with the other writer's pid when waiting begins.
+            few_queries: this process answers a query or two and ends (``mmsearch
+                query``): the query runtime is set up to start fast rather than to
+                answer many queries fast (see ``QueryRuntime.load``'s ``prepack``).
         """
         directory = Path(path).expanduser() if path else config.default_index_dir()
         directory = Path(os.path.abspath(directory))
@@ -181,7 +186,9 @@ class Index:
             else:  # two processes creating one index: the second must find the schema made
                 with lock:
                     catalog = Catalog(db)
-        return cls(directory, catalog, spec, device, lock)
+        index = cls(directory, catalog, spec, device, lock)
+        index._few_queries = few_queries
+        return index
 
     @property
     def catalog(self) -> Catalog:
@@ -755,7 +762,10 @@ class Index:
         """
         if self._loaded_runtime is None or self._loaded_runtime.identity != identity:
             self._loaded_runtime = QueryRuntime.load(
-                config.runtime_dir(identity), expect_identity=identity, towers=()
+                config.runtime_dir(identity),
+                expect_identity=identity,
+                towers=(),
+                prepack=not self._few_queries,
             )
         return self._loaded_runtime
 
