@@ -330,13 +330,19 @@ def run_worker(
 BUSY = "import time\nwhile True:\n    pass\n"
 
 
-def warm(workdir: Path, idx: Path, queries: int, variants: list[str]) -> dict[str, Any]:
+def warm(
+    workdir: Path,
+    idx: Path,
+    queries: int,
+    variants: list[str],
+    runtimes: tuple[str, ...] = ("torch", "onnx"),
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for runtime in ("torch", "onnx"):
+    for runtime in runtimes:
         out[runtime] = run_worker(workdir, idx, runtime, queries, False, {})
     for name in variants:
-        env_extra, runtimes = THREAD_VARIANTS[name]
-        for runtime in runtimes:
+        env_extra, variant_runtimes = THREAD_VARIANTS[name]
+        for runtime in (r for r in variant_runtimes if r in runtimes):
             idle = run_worker(workdir, idx, runtime, queries, True, env_extra)
             busy = subprocess.Popen([sys.executable, "-c", BUSY])
             try:
@@ -370,7 +376,9 @@ def table(results: dict[str, Any]) -> str:
     for size in results["sizes"]:
         for runtime in ("torch", "onnx"):
             c = size.get("cold", {}).get(runtime, {})
-            w = size["warm"].get(runtime, {})
+            w = size["warm"].get(runtime)
+            if w is None:
+                continue
             loads = ", ".join(
                 f"{key.split('_')[1]}: {v['loaded_text_p50_ms']:.0f} ms ({v['ratio']:.2f}x)"
                 for key, v in size["warm"].items()
@@ -401,6 +409,7 @@ def main() -> None:
         "--cold-max", type=int, default=100_000, help="largest size whose cold start is timed"
     )
     parser.add_argument("--thread-variants", default=",".join(THREAD_VARIANTS))
+    parser.add_argument("--runtimes", default="torch,onnx", help="warm runtimes measured")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mmsearch-bench-query"))
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -437,7 +446,8 @@ def main() -> None:
         if n <= args.cold_max:
             entry["cold"] = cold(args.workdir, idx, args.runs)
             print(f"{n} cold: {entry['cold']}", file=sys.stderr)
-        entry["warm"] = warm(args.workdir, idx, args.queries, variants)
+        runtimes = tuple(r for r in args.runtimes.split(",") if r)
+        entry["warm"] = warm(args.workdir, idx, args.queries, variants, runtimes)
         print(f"{n} warm: {entry['warm']}", file=sys.stderr)
         results["sizes"].append(entry)
         if args.json:  # after each size: a long run that is stopped keeps what it measured
