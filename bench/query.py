@@ -59,7 +59,10 @@ THREAD_VARIANTS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
 
 
 def _env(workdir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",)}
+    # Bytecode is written and used, as for an installed mmsearch (pip compiles it): without
+    # it every cold run would compile mmsearch's sources first.
+    dropped = ("OMP_WAIT_POLICY", "PYTHONDONTWRITEBYTECODE")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env.update(
         PYTHONPATH=str(ROOT),
         HF_HUB_OFFLINE="1",
@@ -150,17 +153,24 @@ def query_cmd(idx: Path, extra: tuple[str, ...] = ()) -> list[str]:
 
 
 def cold(workdir: Path, idx: Path, runs: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for runtime in ("torch", "onnx"):
-        env = _env(workdir, MMSEARCH_QUERY_RUNTIME=runtime)
-        cold_once(query_cmd(idx), env, workdir)  # not counted: fills the page cache
-        samples = [cold_once(query_cmd(idx), env, workdir) for _ in range(runs)]
+    out: dict[str, Any] = {"loadavg_before": os.getloadavg()}
+    runtimes = ("torch", "onnx")
+    envs = {r: _env(workdir, MMSEARCH_QUERY_RUNTIME=r) for r in runtimes}
+    for runtime in runtimes:
+        cold_once(query_cmd(idx), envs[runtime], workdir)  # not counted: fills the page cache
+    samples: dict[str, list[tuple[float, float, float]]] = {r: [] for r in runtimes}
+    for _ in range(runs):  # interleaved: a change of the machine's load hits both alike
+        for runtime in runtimes:
+            samples[runtime].append(cold_once(query_cmd(idx), envs[runtime], workdir))
+    for runtime in runtimes:
+        got = samples[runtime]
         out[runtime] = {
-            "wall_s_median": round(statistics.median(s[0] for s in samples), 3),
-            "wall_s_all": [round(s[0], 3) for s in samples],
-            "peak_rss_mb_median": round(statistics.median(s[1] for s in samples), 1),
-            "cpu_s_median": round(statistics.median(s[2] for s in samples), 3),
+            "wall_s_median": round(statistics.median(s[0] for s in got), 3),
+            "wall_s_all": [round(s[0], 3) for s in got],
+            "peak_rss_mb_median": round(statistics.median(s[1] for s in got), 1),
+            "cpu_s_median": round(statistics.median(s[2] for s in got), 3),
         }
+    out["loadavg_after"] = os.getloadavg()
     out["onnx_imports"] = import_profile(workdir, idx)
     out["onnx_phases"] = phases(workdir, idx, runs)
     return out
@@ -169,9 +179,8 @@ def cold(workdir: Path, idx: Path, runs: int) -> dict[str, Any]:
 def import_profile(workdir: Path, idx: Path) -> dict[str, Any]:
     """``-X importtime`` of the ONNX-path query: heavy modules present, slowest imports."""
     env = _env(workdir, MMSEARCH_QUERY_RUNTIME="onnx")
-    proc = subprocess.run(
-        query_cmd(idx, ("-X", "importtime")), env=env, capture_output=True, text=True, check=True
-    )
+    cmd = [c for c in query_cmd(idx, ("-X", "importtime")) if c != "-q"]  # -q mutes stderr
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     rows = []
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
@@ -181,6 +190,7 @@ def import_profile(workdir: Path, idx: Path) -> dict[str, Any]:
     top = sorted((r for r in rows if r[3] <= 3), key=lambda r: -r[2])[:12]
     return {
         "torch": "torch" in names,
+        "sqlalchemy": "sqlalchemy" in names,
         "open_clip": "open_clip" in names,
         "total_import_s": round(sum(r[1] for r in rows) / 1e6, 3),
         "slowest_cumulative_ms": {name: round(cum / 1e3, 1) for name, _, cum, _ in top},
@@ -196,13 +206,13 @@ marks = [("start", *now())]
 def mark(name):
     marks.append((name, *now()))
 import numpy; mark("import numpy")
-import sqlalchemy; mark("import sqlalchemy")
 import faiss; mark("import faiss")
 import onnxruntime; mark("import onnxruntime")
+import mmsearch.cli; mark("import mmsearch.cli")
 from mmsearch.index import Index; mark("import mmsearch.index (rest)")
-index = Index.open(sys.argv[1], create=False); mark("Index.open (catalog)")
+index = Index.open(sys.argv[1], create=False, few_queries=True); mark("Index.open (catalog)")
 encoder = index.query_encoder(); mark("QueryRuntime.load (tokenizer)")
-encoder._session("text"); mark("text session + self-test")
+encoder._session("text"); mark("text session (self-test: only if not verified)")
 vector = encoder.encode_texts(["a red car"])[0]; mark("encode the query")
 vi = index.vectors("image"); mark("open the store + load the ANN index")
 hits = index.search("a red car", k=10); mark("search (encode again + ANN + re-rank + rows)")
@@ -253,8 +263,8 @@ def worker(args: argparse.Namespace) -> None:
 
         base = towers._session_options
 
-        def options(ort: Any) -> Any:
-            opts = base(ort)
+        def options(ort: Any, *args: Any) -> Any:
+            opts = base(ort, *args)
             opts.intra_op_num_threads = int(ort_threads)
             return opts
 
@@ -320,13 +330,19 @@ def run_worker(
 BUSY = "import time\nwhile True:\n    pass\n"
 
 
-def warm(workdir: Path, idx: Path, queries: int, variants: list[str]) -> dict[str, Any]:
+def warm(
+    workdir: Path,
+    idx: Path,
+    queries: int,
+    variants: list[str],
+    runtimes: tuple[str, ...] = ("torch", "onnx"),
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for runtime in ("torch", "onnx"):
+    for runtime in runtimes:
         out[runtime] = run_worker(workdir, idx, runtime, queries, False, {})
     for name in variants:
-        env_extra, runtimes = THREAD_VARIANTS[name]
-        for runtime in runtimes:
+        env_extra, variant_runtimes = THREAD_VARIANTS[name]
+        for runtime in (r for r in variant_runtimes if r in runtimes):
             idle = run_worker(workdir, idx, runtime, queries, True, env_extra)
             busy = subprocess.Popen([sys.executable, "-c", BUSY])
             try:
@@ -360,7 +376,9 @@ def table(results: dict[str, Any]) -> str:
     for size in results["sizes"]:
         for runtime in ("torch", "onnx"):
             c = size.get("cold", {}).get(runtime, {})
-            w = size["warm"].get(runtime, {})
+            w = size["warm"].get(runtime)
+            if w is None:
+                continue
             loads = ", ".join(
                 f"{key.split('_')[1]}: {v['loaded_text_p50_ms']:.0f} ms ({v['ratio']:.2f}x)"
                 for key, v in size["warm"].items()
@@ -391,6 +409,7 @@ def main() -> None:
         "--cold-max", type=int, default=100_000, help="largest size whose cold start is timed"
     )
     parser.add_argument("--thread-variants", default=",".join(THREAD_VARIANTS))
+    parser.add_argument("--runtimes", default="torch,onnx", help="warm runtimes measured")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mmsearch-bench-query"))
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -401,6 +420,12 @@ def main() -> None:
         worker(args)
         return
     sys.path.insert(0, str(ROOT))
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "mmsearch"), str(ROOT / "indexer")],
+        env=_env(args.workdir),
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
     args.workdir.mkdir(parents=True, exist_ok=True)
     os.environ.update(_env(args.workdir))
     weights = checkpoint(args.workdir)
@@ -421,7 +446,8 @@ def main() -> None:
         if n <= args.cold_max:
             entry["cold"] = cold(args.workdir, idx, args.runs)
             print(f"{n} cold: {entry['cold']}", file=sys.stderr)
-        entry["warm"] = warm(args.workdir, idx, args.queries, variants)
+        runtimes = tuple(r for r in args.runtimes.split(",") if r)
+        entry["warm"] = warm(args.workdir, idx, args.queries, variants, runtimes)
         print(f"{n} warm: {entry['warm']}", file=sys.stderr)
         results["sizes"].append(entry)
         if args.json:  # after each size: a long run that is stopped keeps what it measured

@@ -8,17 +8,13 @@ identity and a generation counter per modality that the vector indexes compare a
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import operator
-import os
 import sqlite3
 import time
-import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +41,19 @@ from sqlalchemy.engine import Engine, ExceptionContext
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from .catalog_base import (
+    ItemRecord,
+    SkipRecord,
+    decode_path,
+    encode_path,
+    from_blobs,
+    settings_from,
+    to_blob,
+)
+from .catalog_base import read_only_uri as _read_only_uri
+from .catalog_base import refuse_empty_file as _refuse_empty_file
+from .catalog_base import storage_error as _storage_error
+from .catalog_base import writable as _writable
 from .config import IndexSettings
 from .errors import (
     CatalogWriteError,
@@ -61,10 +70,6 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 
 
-#: Stored paths that are not valid UTF-8 start with this (an absolute path never does).
-_BYTES_PREFIX = "fsbytes:"
-
-
 class FsText(TypeDecorator[str]):
     """A file system path (or a text holding one) as TEXT, whatever its bytes.
 
@@ -78,20 +83,10 @@ class FsText(TypeDecorator[str]):
     cache_ok = True
 
     def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
-        if value is None or value.isascii():
-            return value
-        try:
-            value.encode("utf-8")
-            return value
-        except UnicodeEncodeError:
-            raw = os.fsencode(value) if os.name != "nt" else value.encode("utf-8", "surrogatepass")
-            return _BYTES_PREFIX + urllib.parse.quote_from_bytes(raw, safe="/:")
+        return encode_path(value)
 
     def process_result_value(self, value: str | None, dialect: Any) -> str | None:
-        if value is None or not value.startswith(_BYTES_PREFIX):
-            return value
-        raw = urllib.parse.unquote_to_bytes(value[len(_BYTES_PREFIX) :])
-        return os.fsdecode(raw) if os.name != "nt" else raw.decode("utf-8", "surrogatepass")
+        return decode_path(value)
 
 
 class Base(DeclarativeBase):
@@ -157,33 +152,6 @@ class SkippedFile(Base):
     reason: Mapped[str] = mapped_column(Text)
 
 
-@dataclass(frozen=True)
-class SkipRecord:
-    """A remembered bad file: where, which version of it (size, mtime), and why."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class ItemRecord:
-    """A catalog row without its embedding, detached from any session."""
-
-    id: int
-    modality: str
-    path: str | None
-    text: str | None
-    source: str | None
-    size: int | None
-    mtime_ns: int | None
-    content_hash: str
-    width: int | None
-    height: int | None
-    taken_at: float | None = None  # v2: capture date (seconds since the epoch)
-
-
 def _v1_to_v2(s: Session) -> None:
     """Capture dates (``items.taken_at``, NULL: back-filled by the next index run) and the
     ``tags`` table (``create_all`` made it already; kept here so the step is complete)."""
@@ -213,84 +181,12 @@ def _record(item: Item) -> ItemRecord:
     )
 
 
-def to_blob(vector: np.ndarray) -> bytes:
-    """A float vector as the catalog stores it: float16 little endian."""
-    return np.asarray(vector, dtype="<f2").tobytes()
-
-
-def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
-    """Stored float16 blobs back to a (N, dim) float32 matrix."""
-    if not blobs:
-        return np.zeros((0, dim), dtype=np.float32)
-    return np.frombuffer(b"".join(blobs), dtype="<f2").reshape(len(blobs), dim).astype(np.float32)
-
-
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the indexer
     cursor.execute("PRAGMA synchronous=NORMAL")  # WAL makes this durable enough and fast
     cursor.close()
-
-
-#: SQLite result codes (``sqlite3.Error.sqlite_errorname``) that mean the disk, not the
-#: data, is the problem, with the errno that says the same.
-_SQLITE_STORAGE = {
-    "SQLITE_FULL": errno.ENOSPC,
-    "SQLITE_READONLY": errno.EROFS,
-    "SQLITE_PERM": errno.EACCES,
-    "SQLITE_CANTOPEN": None,
-    "SQLITE_IOERR": errno.EIO,
-}
-
-
-def _storage_error(path: Path, exc: BaseException) -> StorageError | None:
-    """The StorageError a SQLite error stands for (None if it is not about storage)."""
-    if isinstance(exc, OSError):
-        return StorageError.from_os_error(exc, "writing the catalog", path)
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    for prefix, code in _SQLITE_STORAGE.items():
-        if name.startswith(prefix):
-            action = "opening the catalog" if prefix == "SQLITE_CANTOPEN" else "writing the catalog"
-            reason = "" if code is not None else str(exc)
-            if prefix == "SQLITE_READONLY":
-                reason = "the catalog is read-only"
-            if prefix == "SQLITE_IOERR" and _nearly_full(path):
-                code = errno.ENOSPC  # SQLite reports a full disk mid-write as an I/O error
-            return StorageError(path, action, reason, code)
-    return None
-
-
-def _nearly_full(path: Path) -> bool:
-    """Whether the file system holding ``path`` has (next to) no room left."""
-    try:
-        st = os.statvfs(path.parent)
-    except (OSError, AttributeError):  # no statvfs on Windows
-        return False
-    return st.f_bavail * st.f_frsize < 256 * 1024
-
-
-def _writable(db: Path) -> bool:
-    """Whether this process may write the catalog and create files beside it."""
-    directory = db.parent
-    if directory.exists() and not os.access(directory, os.W_OK):
-        return False
-    return not db.exists() or os.access(db, os.W_OK)
-
-
-def _read_only_uri(db: Path) -> str:
-    """A SQLite URI that reads ``db`` without writing anything.
-
-    A WAL database needs its ``-shm`` file: where it cannot be created (read-only media)
-    and no ``-wal`` is left over, nothing can change the file, so it is opened immutable.
-    A ``-wal`` left over holds committed transactions: then ``mode=ro`` reads it too.
-    """
-    uri = "file:" + urllib.parse.quote(os.fsencode(db.absolute())) + "?mode=ro"
-    wal = db.with_name(db.name + "-wal")
-    shm = db.with_name(db.name + "-shm")
-    if not wal.exists() and not shm.exists():
-        uri += "&immutable=1"
-    return uri
 
 
 class Catalog:
@@ -448,14 +344,7 @@ class Catalog:
 
     def settings(self) -> IndexSettings:
         """The user's vector-index choices (defaults where none were made)."""
-        budget = self.get_meta("memory_budget")
-        target = self.get_meta("recall_target")
-        default = IndexSettings()
-        return IndexSettings(
-            index_type=self.get_meta("index_type") or default.index_type,
-            memory_budget=int(budget) if budget else None,
-            recall_target=float(target) if target else default.recall_target,
-        )
+        return settings_from(self.get_meta)
 
     def save_settings(self, settings: IndexSettings) -> None:
         with self.session() as s, s.begin():
@@ -730,21 +619,6 @@ def _remove_database(path: Path) -> None:
             path.with_name(name).unlink(missing_ok=True)
         except OSError:
             logger.warning("could not remove %s", path.with_name(name))
-
-
-def _refuse_empty_file(path: Path) -> None:
-    """A 0-byte catalog is a damaged one (SQLite never leaves its file empty once it has
-    written a schema), unless its write-ahead log still holds everything."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return
-    wal = path.with_name(path.name + "-wal")
-    if size == 0 and not (wal.exists() and wal.stat().st_size > 0):
-        raise IndexCorruptError(
-            f"catalog {path} is empty (0 bytes): it was truncated or not written; restore "
-            "it from a backup, or delete the index directory and index again"
-        )
 
 
 def _int_ids(ids: Iterable[Any]) -> list[int]:

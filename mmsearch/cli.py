@@ -191,6 +191,7 @@ def _open(
     device: str | None = None,
     create: bool = True,
     wait: bool = True,
+    few_queries: bool = False,
 ) -> Any:
     from .index import Index
 
@@ -202,6 +203,7 @@ def _open(
         create=create,
         wait=wait,
         on_wait=_say_waiting,
+        few_queries=few_queries,
     )
 
 
@@ -479,7 +481,7 @@ def query_cmd(
     main = Term("image", str(image)) if image is not None else None
     terms = Query.parse(text, add, sub).terms if (text is not None or add or sub) else ()
     query = Query((main, *terms) if main else terms, _filters(Filters, filter_args))
-    with _open(index_dir, model, pretrained, device, create=False) as index:
+    with _open(index_dir, model, pretrained, device, create=False, few_queries=True) as index:
         hits = index.search(
             query,
             k=k,

@@ -1,12 +1,13 @@
 """Export a loaded model's text and image towers to ONNX for the torch-free query runtime.
 
 :func:`export_model` writes a runtime directory (layout in :mod:`mmsearch.runtime.format`)
-that :class:`mmsearch.runtime.QueryRuntime` reads: ``text.onnx``, ``image.onnx``, the
-CLIP BPE vocabulary copied from open_clip, and ``runtime.json``. Before the directory is
-moved into place, the runtime is loaded from it and checked against torch on probe
-inputs: the same token ids, the same preprocessed pixels, and embeddings with cosine
->= :data:`MIN_COSINE` for every probe. A failed check raises :class:`ExportError` and
-leaves nothing at ``out_dir``.
+that :class:`mmsearch.runtime.QueryRuntime` reads: ``text.onnx``, ``image.onnx`` (each
+optimised once by onnxruntime, so a query's session need not do it), the CLIP BPE
+vocabulary copied from open_clip with its tables ready to use, and ``runtime.json``.
+Before the directory is moved into place, the runtime is loaded from it and checked
+against torch on probe inputs: the same token ids, the same preprocessed pixels, and
+embeddings with cosine >= :data:`MIN_COSINE` for every probe. A failed check raises
+:class:`ExportError` and leaves nothing at ``out_dir``.
 
 Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript, opset 18).
 With torch 2.14 both exporters handle the open_clip ViT towers offline and match torch
@@ -41,6 +42,7 @@ from .encoder import Encoder
 from .errors import ExportError, QueryRuntimeError
 from .runtime import format as fmt
 from .runtime.preprocess import ImageTransform
+from .runtime.tokenizer import write_tables
 from .runtime.towers import QueryRuntime
 
 logger = logging.getLogger(__name__)
@@ -213,13 +215,16 @@ def export_model(
         meta["towers"]["text"]["trim"] = trim
         tokens = encoder.tokenizer(["a photo of", "a dog"])
         _export_tower(
-            model, "text", tokens[:, :8] if trim else tokens, tmp / fmt.TEXT_FILE, trim=trim,
+            model, "text", tokens[:, :8] if trim else tokens, tmp / "raw-text.onnx", trim=trim,
             max_tokens=encoder.context_length,
         )  # fmt: skip
         if not text_only:
             height, width = meta["image"]["size"]
             pixels = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
-            _export_tower(model, "image", pixels, tmp / fmt.IMAGE_FILE)
+            _export_tower(model, "image", pixels, tmp / "raw-image.onnx")
+        for tower in meta["towers"]:
+            _optimize(tmp / f"raw-{tower}.onnx", tmp / meta["towers"][tower]["file"])
+            meta["towers"][tower]["optimized"] = fmt.OPTIMIZED_EXTENDED
         _write_meta(tmp, meta)
         checks = _verify(encoder, model, tmp, probes, text_only)
         for tower in meta["towers"]:
@@ -275,6 +280,10 @@ def _write_tokenizer(encoder: Encoder, spec: dict[str, Any], directory: Path) ->
     """The tokenizer's files: CLIP's BPE vocabulary, or a ``tokenizer.json``."""
     if spec["kind"] == fmt.TOKENIZER_CLIP_BPE:
         shutil.copyfile(open_clip.tokenizer.default_bpe(), directory / _BPE_FILE)
+        # The merge ranks ready to use, so that a query does not rebuild them at start-up.
+        with open(directory / fmt.TOKENIZER_TABLES_FILE, "wb") as f:
+            write_tables(directory / _BPE_FILE, f)
+        spec["files"]["tables"] = fmt.TOKENIZER_TABLES_FILE
         return
     backend = _hf_backend(encoder.tokenizer)
     if backend is None:
@@ -416,6 +425,33 @@ def _export_tower(
             )
     except Exception as exc:  # the exporter raises many types; the reason is in the message
         raise ExportError(f"cannot export the {tower} tower: {type(exc).__name__}: {exc}") from exc
+
+
+def _optimize(raw: Path, out: Path) -> None:
+    """Let onnxruntime optimise an exported graph once, at level "extended" (fusions that
+    hold on any hardware), and save it with its weights in ``out`` + ``.data``; ``raw`` is
+    removed. A query's session then loads it without optimising (a ViT-B-32 text tower:
+    about 0.1 s less CPU per cold query). The checks against torch run on this graph."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ExportError(f"the query runtime needs onnxruntime ({exc})") from exc
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(out)
+    opts.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", out.name + ".data"
+    )
+    opts.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+    )
+    try:
+        ort.InferenceSession(str(raw), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ExportError(f"onnxruntime cannot optimise {out.name}: {exc}") from exc
+    for path in (raw, raw.with_name(raw.name + ".data")):
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -19,17 +20,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import numpy as np
 from PIL import Image
 
-from indexer.distributed import RayEncoding, RayOptions
-from indexer.pipeline import index_images
-from indexer.reembed import reembed
-from indexer.texts import TextRecord, index_texts, read_text_sources
-
 from . import config
 from .ann.faiss_index import VectorIndex
 from .ann.policy import choose_spec
 from .ann.upkeep import Upkeep
 from .ann.upkeep import check as check_derived
-from .catalog import Catalog, ItemRecord, from_blobs
+from .catalog_base import ItemRecord, from_blobs
+from .catalog_reader import CatalogReader
 from .errors import (
     IndexNotFoundError,
     InputError,
@@ -66,11 +63,22 @@ from .zeroshot import DEFAULT_TEMPLATES, DEFAULT_THRESHOLD, DEFAULT_TOP, tag_lib
 from .zeroshot import classify as classify_images
 
 if TYPE_CHECKING:  # the encoder (torch) is imported only when a model must run
+    from indexer.distributed import RayEncoding, RayOptions
+    from indexer.texts import TextRecord
+
+    from .catalog import Catalog
     from .encoder import Encoder
     from .export import ExportReport
     from .finetune.language import LanguageConfig
 
 logger = logging.getLogger(__name__)
+
+
+def _ray_encoding(options: RayOptions) -> RayEncoding:
+    """The Ray encoding of a run (imported here: the query path loads none of it)."""
+    from indexer.distributed import RayEncoding
+
+    return RayEncoding(options)
 
 
 class QueryEncoder(Protocol):
@@ -107,7 +115,8 @@ class Index:
 
     Args:
         path: the index directory.
-        catalog: its open catalog.
+        catalog: its open catalog, or a reader of it: the full catalog (SQLAlchemy) is
+            then opened when something writes (see :attr:`catalog`).
         spec: the model requested by the caller, or None to use the index's own.
         device: where to run the model.
         lock: the writer lock every method that writes holds (default: wait for it).
@@ -116,23 +125,30 @@ class Index:
     def __init__(
         self,
         path: Path,
-        catalog: Catalog,
+        catalog: Catalog | CatalogReader,
         spec: ModelSpec | None,
         device: str | None = None,
         lock: WriterLock | None = None,
     ) -> None:
         self.path = path
         self.lock = lock or WriterLock(path)
-        self.catalog = catalog
+        self._reader: CatalogReader | None = None
+        self._catalog: Catalog | None = None
+        if isinstance(catalog, CatalogReader):
+            self._reader = catalog
+        else:
+            self._catalog = catalog
+        self._catalog_lock = threading.Lock()
         self._requested = spec
         self._device = device
         self._encoder: Encoder | None = None
         self._vectors: dict[str, VectorIndex] = {}
         self._keeper: Upkeep | None = None
-        self._model_info = catalog.model_info()  # read once; refreshed when it changes
+        self._model_info = self._reads.model_info()  # read once; refreshed when it changes
         self._query_encoder: QueryEncoder | None = None
         self._loaded_runtime: QueryRuntime | None = None
         self._text_towers: dict[str, QueryEncoder] = {}  # extra text encoders, loaded
+        self._few_queries = False
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -146,6 +162,7 @@ class Index:
         create: bool = True,
         wait: bool = True,
         on_wait: Callable[[int | None], None] | None = None,
+        few_queries: bool = False,
     ) -> Index:
         """Open (or create) the index at ``path``.
 
@@ -159,6 +176,9 @@ class Index:
             wait: when another process is writing the index, wait for it before writing
                 (else writing raises IndexBusyError). Searching never waits.
             on_wait: called with the other writer's pid when waiting begins.
+            few_queries: this process answers a query or two and ends (``mmsearch
+                query``): the query runtime is set up to start fast rather than to
+                answer many queries fast (see ``QueryRuntime.load``'s ``prepack``).
         """
         directory = Path(path).expanduser() if path else config.default_index_dir()
         directory = Path(os.path.abspath(directory))
@@ -169,15 +189,43 @@ class Index:
         if model is not None or pretrained is not None:
             spec = resolve_model(model, pretrained)
         lock = WriterLock(directory, wait, on_wait)
-        if db.exists():
-            catalog = Catalog(db)
-        else:  # two processes creating one index: the second must find the schema made
-            with lock:
+        # A query reads the catalog without SQLAlchemy (a third of a cold query's time);
+        # a catalog the reader cannot serve as it is (to migrate, damaged) gets the ORM.
+        catalog: Catalog | CatalogReader | None = CatalogReader.open(db) if db.exists() else None
+        if catalog is None:
+            from .catalog import Catalog
+
+            if db.exists():
                 catalog = Catalog(db)
-        return cls(directory, catalog, spec, device, lock)
+            else:  # two processes creating one index: the second must find the schema made
+                with lock:
+                    catalog = Catalog(db)
+        index = cls(directory, catalog, spec, device, lock)
+        index._few_queries = few_queries
+        return index
+
+    @property
+    def catalog(self) -> Catalog:
+        """The full catalog (SQLAlchemy): opened on first use when the index was opened
+        with a reader, which is what reads go through (:attr:`_reads`)."""
+        with self._catalog_lock:
+            if self._catalog is None:
+                from .catalog import Catalog
+
+                assert self._reader is not None
+                self._catalog = Catalog(self._reader.path)
+            return self._catalog
+
+    @property
+    def _reads(self) -> Catalog | CatalogReader:
+        """What reads go through: the reader when there is one, else the catalog."""
+        return self._reader if self._reader is not None else self.catalog
 
     def close(self) -> None:
-        self.catalog.close()
+        if self._catalog is not None:
+            self._catalog.close()
+        if self._reader is not None:
+            self._reader.close()
         self._vectors.clear()
         self._encoder = None
         self._query_encoder = self._loaded_runtime = None
@@ -197,7 +245,7 @@ class Index:
         return self._model_info
 
     def _reload_model_info(self) -> None:
-        self._model_info = self.catalog.model_info()
+        self._model_info = self._reads.model_info()
 
     def _spec(self) -> ModelSpec:
         """The model to encode with: the requested one if compatible, else the stored one."""
@@ -246,6 +294,8 @@ class Index:
         """
         self._check_reembed_done()
         self._spec()  # refuse a mismatched model before any work
+        from indexer.pipeline import index_images
+
         summary = index_images(
             self.catalog,
             paths,
@@ -255,7 +305,7 @@ class Index:
             workers=workers,
             progress=progress,
             retry_skipped=retry_skipped,
-            encode_jobs=RayEncoding(ray).encode_images if ray else None,
+            encode_jobs=_ray_encoding(ray).encode_images if ray else None,
         )
         self._reload_model_info()
         self.refresh("image")
@@ -266,6 +316,8 @@ class Index:
         self, texts: Iterable[str], source: str = "api", progress: ProgressFactory | None = None
     ) -> RunSummary:
         """Index texts given directly (empty ones are skipped; duplicates stored once)."""
+        from indexer.texts import TextRecord
+
         records = [
             TextRecord(t.strip(), f"{source}:{n}")
             for n, t in enumerate(texts, 1)
@@ -283,6 +335,8 @@ class Index:
     ) -> RunSummary:
         """Index the texts of .txt (a line each), .jsonl (``field``) or .csv/.tsv
         (``column``) files. Lines that can't be parsed are skipped and listed."""
+        from indexer.texts import read_text_sources
+
         result = read_text_sources(paths, column=column, field=field)
         summary = self._add_text_records(result.records, progress, ray)
         summary.skipped.extend(Skipped(src, reason) for src, reason in result.skipped)
@@ -297,7 +351,9 @@ class Index:
     ) -> RunSummary:
         self._check_reembed_done()
         self._spec()
-        remote = RayEncoding(ray).encode_texts if ray else None
+        from indexer.texts import index_texts
+
+        remote = _ray_encoding(ray).encode_texts if ray else None
         summary = index_texts(
             self.catalog, records, self.encoder, progress=progress, encode_texts=remote
         )
@@ -314,6 +370,8 @@ class Index:
         progress: ProgressFactory | None = None,
     ) -> RunSummary:
         """Encode every item again with the requested model, which becomes the index's."""
+        from indexer.reembed import reembed as reembed_items
+
         from .encoder import Encoder  # torch: seconds to import, only when encoding
 
         if self._requested is None:
@@ -323,7 +381,7 @@ class Index:
         self.catalog.set_model_info(model_record(encoder.spec, encoder.dim))
         self._reload_model_info()
         self._encoder = encoder
-        summary = reembed(
+        summary = reembed_items(
             self.catalog, lambda: encoder, batch_size=batch_size, workers=workers, progress=progress
         )
         keeper = self._upkeep()
@@ -381,7 +439,7 @@ class Index:
     def _check_reembed_done(self) -> None:
         """Refuse to use a catalog whose re-embedding was interrupted: its rows come from
         two models, whichever model is named, so only finishing the re-embed may run."""
-        if self.catalog.get_meta("reembed_pending"):
+        if self._reads.get_meta("reembed_pending"):
             raise MMSearchError(
                 "a re-embedding of this index was interrupted, so its items come from two "
                 "models; finish it (`mmsearch index --reembed --model ...`) before using it"
@@ -395,7 +453,7 @@ class Index:
         if info is None:
             return None
         if self._keeper is None or self._keeper.model != info["identity"]:
-            self._keeper = Upkeep(self.path, self.catalog, info["identity"], int(info["dim"]))
+            self._keeper = Upkeep(self.path, self._reads, info["identity"], int(info["dim"]))
         return self._keeper
 
     def vectors(self, modality: str) -> VectorIndex:
@@ -405,7 +463,7 @@ class Index:
         keeper = self._upkeep()
         if (
             vi is None
-            or vi.manifest.generation != self.catalog.generation(modality)
+            or vi.manifest.generation != self._reads.generation(modality)
             or (keeper is not None and keeper.must_refresh(modality))
         ):
             vi = self.refresh(modality)
@@ -438,7 +496,7 @@ class Index:
         from dataclasses import replace
 
         self._check_reembed_done()
-        current = self.catalog.settings()
+        current = self._reads.settings()
         new = replace(
             current,
             index_type=index_type or current.index_type,
@@ -449,7 +507,7 @@ class Index:
         for modality in TARGETS:  # refuse a budget the corpus cannot fit, before saving
             try:
                 choose_spec(
-                    self.catalog.count(modality),
+                    self._reads.count(modality),
                     dim,
                     index_type=new.index_type,
                     memory_budget=new.memory_budget,
@@ -465,7 +523,7 @@ class Index:
             if keeper is not None:
                 for path in keeper.paths(modality):
                     path.unlink(missing_ok=True)
-                if self.catalog.count(modality):
+                if self._reads.count(modality):
                     self.refresh(modality)
 
     # -- search -------------------------------------------------------------------------
@@ -567,7 +625,7 @@ class Index:
         if keeper is None:  # cannot happen: model_info was checked by the caller
             return []
         return search_filtered(
-            self.catalog,
+            self._reads,
             vi,
             vector,
             k,
@@ -584,7 +642,7 @@ class Index:
         Raises:
             ItemNotFoundError: no item has that id (never had, or it was removed).
         """
-        record = self.catalog.records([item_id]).get(item_id)
+        record = self._reads.records([item_id]).get(item_id)
         if record is None:
             raise ItemNotFoundError(item_id)
         return record
@@ -647,7 +705,7 @@ class Index:
             ItemNotFoundError: no such item (a QueryError: ``id:N`` names a missing item).
         """
         record = self.item(item_id)
-        found, vectors = self.catalog.embeddings([item_id], self.dim)
+        found, vectors = self._reads.embeddings([item_id], self.dim)
         if not found:  # removed since it was looked up
             raise ItemNotFoundError(item_id)
         return vectors[0], record.modality
@@ -681,9 +739,9 @@ class Index:
             digest = content_hash(path)
         except InputError as exc:
             raise QueryError(f"cannot read query image {path}: {exc.reason}") from exc
-        record = self.catalog.find_path(str(path))
+        record = self._reads.find_path(str(path))
         self_id = record.id if record else None
-        stored = self.catalog.embeddings_by_hash("image", [digest]).get(digest)
+        stored = self._reads.embeddings_by_hash("image", [digest]).get(digest)
         if stored is not None:  # this content is indexed: the embedding is known
             return from_blobs([stored], self.dim)[0], self_id
         size = self.query_encoder().image_size
@@ -756,7 +814,10 @@ class Index:
         """
         if self._loaded_runtime is None or self._loaded_runtime.identity != identity:
             self._loaded_runtime = QueryRuntime.load(
-                config.runtime_dir(identity), expect_identity=identity, towers=()
+                config.runtime_dir(identity),
+                expect_identity=identity,
+                towers=(),
+                prepack=not self._few_queries,
             )
         return self._loaded_runtime
 
@@ -815,7 +876,7 @@ class Index:
         Returns:
             A :class:`CheckReport`; ``report.ok`` is False while a problem is unrepaired.
         """
-        if self.catalog.get_meta("reembed_pending"):
+        if self._reads.get_meta("reembed_pending"):
             problem = CheckProblem(
                 "catalog",
                 "a re-embedding was interrupted: items come from two models; finish it "
@@ -878,7 +939,7 @@ class Index:
         model = self.model_info
         vectors = []
         for modality in TARGETS:
-            if model is None or not self.catalog.count(modality):
+            if model is None or not self._reads.count(modality):
                 continue
             vi = self.vectors(modality)
             params = dict(vi.manifest.params)
@@ -905,15 +966,15 @@ class Index:
             path=str(self.path),
             model=model["display"] if model else "",
             dim=int(model["dim"]) if model else 0,
-            images=self.catalog.count("image"),
-            texts=self.catalog.count("text"),
-            schema_version=self.catalog.schema_version,
+            images=self._reads.count("image"),
+            texts=self._reads.count("text"),
+            schema_version=self._reads.schema_version,
             vectors=vectors,
             catalog_bytes=size,
             query_runtime=self.query_runtime_status(),
-            tags=self.catalog.tag_counts(),
+            tags=self._reads.tag_counts(),
             skipped_files=[
-                Skipped(r.path, r.reason, remembered=True) for r in self.catalog.skipped_files()
+                Skipped(r.path, r.reason, remembered=True) for r in self._reads.skipped_files()
             ],
             text_encoders=[e.to_dict() for e in self.text_encoders()],
         )
@@ -926,7 +987,7 @@ class Index:
 
     def _registry(self) -> dict[str, TextEncoderInfo]:
         identity = self.model_info["identity"] if self.model_info else None
-        return parse_registry(self.catalog.get_meta(TEXT_ENCODERS_KEY), identity)
+        return parse_registry(self._reads.get_meta(TEXT_ENCODERS_KEY), identity)
 
     def choose_text_encoder(
         self, text: str = "", lang: str | None = None, name: str | None = None

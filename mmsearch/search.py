@@ -8,13 +8,14 @@ query vector first.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from .ann.faiss_index import VectorIndex
 from .ann.query import Fetch, rescore, search_batch, search_params
-from .catalog import Catalog
+from .catalog_base import ItemRecord
 from .errors import QueryError
 from .query import Filters
 from .results import Hit
@@ -33,6 +34,15 @@ OVERFETCH_MAX = 50_000
 EXACT_CHUNK = 100_000
 
 
+class CatalogReads(Protocol):
+    """What a query reads from the catalog: :class:`mmsearch.catalog.Catalog` offers it,
+    and so does :class:`mmsearch.catalog_reader.CatalogReader` (no SQLAlchemy)."""
+
+    def records(self, ids: Iterable[int]) -> dict[int, ItemRecord]: ...
+    def tags_of(self, ids: Iterable[int]) -> dict[int, list[tuple[str, float]]]: ...
+    def filter_ids(self, modality: str, filters: Filters) -> np.ndarray: ...
+
+
 def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
     """The query vector of a weighted sum of unit term vectors, normalised.
 
@@ -47,7 +57,7 @@ def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
 
 
 def search_vector(
-    catalog: Catalog,
+    catalog: CatalogReads,
     vectors: VectorIndex,
     query: np.ndarray,
     k: int,
@@ -81,7 +91,7 @@ def search_vector(
 
 
 def search_filtered(
-    catalog: Catalog,
+    catalog: CatalogReads,
     vectors: VectorIndex,
     query: np.ndarray,
     k: int,
@@ -180,7 +190,7 @@ def _above(hits: list[Hit], min_score: float | None) -> list[Hit]:
     return hits if min_score is None else [h for h in hits if h.score >= min_score]
 
 
-def hits_for(catalog: Catalog, scored: list[tuple[int, float]]) -> list[Hit]:
+def hits_for(catalog: CatalogReads, scored: list[tuple[int, float]]) -> list[Hit]:
     """(id, score) pairs joined with the catalog's metadata and tags; ids no longer in the
     catalog (removed since the vector index was loaded) are left out."""
     records = catalog.records(i for i, _ in scored)

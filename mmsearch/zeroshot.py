@@ -20,15 +20,17 @@ import time
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
 
-from .catalog import Catalog
 from .errors import InputError, QueryError
 from .media import draft_size, load_image
 from .results import Classification, TagSummary
+
+if TYPE_CHECKING:  # SQLAlchemy: imported only by what writes tags
+    from .catalog import Catalog
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from mmsearch.errors import ExportError, QueryRuntimeError
 from mmsearch.export import export_model
 from mmsearch.runtime import QueryRuntime
 from mmsearch.runtime.preprocess import ImageTransform
-from mmsearch.runtime.tokenizer import ClipTokenizer
+from mmsearch.runtime.tokenizer import ClipTokenizer, write_tables
 
 TEXTS = [
     "a red car",
@@ -79,6 +79,25 @@ def test_token_ids_match_open_clip(clean: str) -> None:
     assert ours(texts).dtype == np.int64
     # The long text is cut to the context and still ends with the end marker.
     assert ours(["word " * 200])[0, -1] == reference.eot_token_id
+
+
+@pytest.fixture(scope="module")
+def bpe_tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tables") / "bpe_tables.npz"
+    with open(path, "wb") as f:
+        write_tables(open_clip.tokenizer.default_bpe(), f)
+    return path
+
+
+@pytest.mark.parametrize("clean", ["lower", "whitespace", "canonicalize"])
+def test_token_ids_from_tables_match_open_clip(clean: str, bpe_tables: Path) -> None:
+    reference = open_clip.tokenizer.SimpleTokenizer(context_length=32, clean=clean)
+    # The tables alone: the gzipped merges file is not read (it does not exist).
+    ours = ClipTokenizer("no-such.txt.gz", context_length=32, clean=clean, tables_path=bpe_tables)
+    texts = TEXTS + _ascii_fuzz()
+    np.testing.assert_array_equal(ours(texts), reference(texts).numpy())
+    assert ours.vocab_size == reference.vocab_size
+    assert ours.count_tokens("word " * 200) == 202
 
 
 def test_count_tokens_matches_encoder(tiny: Encoder, runtime: QueryRuntime) -> None:
@@ -189,13 +208,16 @@ def test_export_report_and_metadata(exported: Path) -> None:
     assert meta["tokenizer"] == {
         "kind": "clip-bpe",
         "clean": "lower",
-        "files": {"bpe": "bpe_simple_vocab_16e6.txt.gz"},
+        "files": {"bpe": "bpe_simple_vocab_16e6.txt.gz", "tables": "bpe_tables.npz"},
     }
     assert meta["image"]["size"] == [64, 64] and meta["image"]["resize_mode"] == "shortest"
+    assert meta["towers"]["text"]["optimized"] == meta["towers"]["image"]["optimized"] == "extended"
     assert sorted(p.name for p in exported.iterdir()) == [
-        "bpe_simple_vocab_16e6.txt.gz", "image.onnx", "image.onnx.data", "runtime.json",
-        "text.onnx", "text.onnx.data",
+        "bpe_simple_vocab_16e6.txt.gz", "bpe_tables.npz", "image.onnx", "image.onnx.data",
+        "runtime.json", "text.onnx", "text.onnx.data", "verified.json",
     ]  # fmt: skip
+    # The export's own final load self-tested both towers and recorded it.
+    assert set(json.loads((exported / "verified.json").read_text())["towers"]) == {"text", "image"}
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")]  # no temp left
 
 
@@ -343,3 +365,76 @@ def test_query_imports_no_torch(exported: Path, tiny: Encoder) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def _count_self_tests(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = QueryRuntime.self_test_output
+
+    def counted(self: QueryRuntime, tower: str) -> np.ndarray:
+        calls.append(tower)
+        return real(self, tower)
+
+    monkeypatch.setattr(QueryRuntime, "self_test_output", counted)
+    return calls
+
+
+def test_self_test_runs_again_only_when_files_change(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_self_tests(monkeypatch)
+    rt = _copy(exported, tmp_path / "rt")  # copied files: new inodes, not verified here
+    QueryRuntime.load(rt, towers=("text",)).encode_texts(["a red car"])
+    assert calls == ["text"]
+    QueryRuntime.load(rt, towers=("text",))  # the same files: verified already
+    assert calls == ["text"]
+    QueryRuntime.load(rt, towers=("image",))  # each tower on its own
+    assert calls == ["text", "image"]
+    QueryRuntime.load(rt)
+    assert calls == ["text", "image"]
+    # Weights damaged in place, size and mtime kept: tested again, and refused.
+    data = rt / "text.onnx.data"
+    before = data.stat()
+    weights = np.frombuffer(data.read_bytes(), dtype=np.float32).copy()
+    weights[::7] *= -1.5
+    data.write_bytes(weights.tobytes())
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert data.stat().st_size == before.st_size
+    with pytest.raises(QueryRuntimeError, match="text tower fails its self-test"):
+        QueryRuntime.load(rt, towers=("text",))
+    assert calls == ["text", "image", "text"]
+    # The image tower's files did not change: still verified.
+    QueryRuntime.load(rt, towers=("image",))
+    assert calls == ["text", "image", "text"]
+
+
+def test_changed_runtime_json_or_tokenizer_is_tested_again(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_self_tests(monkeypatch)
+    rt = _copy(exported, tmp_path / "rt")
+    QueryRuntime.load(rt)
+    assert sorted(calls) == ["image", "text"]
+    _edit_meta(rt, display="renamed")  # another runtime.json: every tower again
+    QueryRuntime.load(rt)
+    assert sorted(calls) == ["image", "image", "text", "text"]
+    tables = rt / "bpe_tables.npz"
+    tables.write_bytes(tables.read_bytes())  # rewritten (same bytes): the text tower again
+    QueryRuntime.load(rt)
+    assert sorted(calls) == ["image", "image", "text", "text", "text"]
+
+
+def test_unwritable_directory_still_loads(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _count_self_tests(monkeypatch)
+    rt = _copy(exported, tmp_path / "rt")
+
+    def refuse(*args: object) -> None:
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr("mmsearch.runtime.towers.os.replace", refuse)
+    for _ in range(2):  # nothing can be recorded: each load tests again
+        QueryRuntime.load(rt, towers=("text",)).encode_texts(["a red car"])
+    assert calls == ["text", "text"]
+    assert not [p.name for p in rt.iterdir() if p.name.endswith(".tmp")]

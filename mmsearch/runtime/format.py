@@ -31,3 +31,12 @@ HF_TOKENIZER_FILE = "tokenizer.json"
 TRIM_PAD = "pad"
 #: Least cosine between an exported tower's embedding and torch's on every probe.
 MIN_COSINE = 0.9999
+#: Ready-to-use BPE tables (``tokenizer.files.tables``; see ``tokenizer.write_tables``).
+TOKENIZER_TABLES_FILE = "bpe_tables.npz"
+#: A tower whose ``optimized`` is this was optimised by onnxruntime at export (graph
+#: optimisation level "extended", hardware-independent): sessions load it as it is.
+OPTIMIZED_EXTENDED = "extended"
+#: What the runtime last verified: each tower's files (size, mtime, ctime, inode) and
+#: ``runtime.json``'s digest when its self-test passed. A tower whose files still match
+#: is not self-tested again; any change to them (a new export, a copy, a rewrite) is.
+VERIFIED_FILE = "verified.json"
