@@ -127,9 +127,9 @@ def index_images(
     outcome = _Outcome()
     if to_read:
         run = _Run(catalog, to_read, changed, {r.content_hash for r in records}, budget)
-        bar = progress(len(to_read), "indexing images")
+        bar = _LazyBar(progress, len(to_read), "indexing images")
         try:
-            outcome = run.execute(get_encoder, batch_size, bar.update, summary)
+            outcome = run.execute(get_encoder, batch_size, bar, summary)
         finally:
             bar.close()
     summary.skipped.extend(Skipped(e.path, r) for _, e, r in sorted(outcome.unreadable))
@@ -280,6 +280,33 @@ def _copy_dims(records: list[ItemRecord], copies: list[dict[str, Any]]) -> None:
             row["width"], row["height"] = rec.width, rec.height
 
 
+class _LazyBar:
+    """A progress bar shown once the model is loaded (or many files were read without
+    it): a run that fails to load its model prints its one-line error and nothing else."""
+
+    def __init__(self, progress: ProgressFactory, total: int, label: str) -> None:
+        self.progress, self.total, self.label = progress, total, label
+        self.bar: Any = None
+        self.pending = 0
+
+    def start(self) -> None:
+        if self.bar is None:
+            self.bar = self.progress(self.total, self.label)
+            self.bar.update(self.pending)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        self.pending += n
+        if self.pending >= 64:
+            self.start()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 @dataclass
 class _Outcome:
     """What the reading and encoding of a run left for its end (with plan positions, to
@@ -412,7 +439,7 @@ class _Run:
         self,
         get_encoder: Callable[[], EncoderLike],
         batch_size: int,
-        advance: Callable[[int], object],
+        bar: _LazyBar,
         summary: RunSummary,
     ) -> _Outcome:
         """Read, decode, encode and commit every entry; what is left for the end of the
@@ -442,10 +469,10 @@ class _Run:
                     lanes -= 1
                 elif isinstance(msg, ReadItem):
                     self._settle(msg, outcome)
-                    advance(1)
+                    bar.update(1)
                 elif isinstance(msg, _Encoded):
                     self._commit(msg, outcome, summary)
-                    advance(len(msg.items))
+                    bar.update(len(msg.items))
                 elif isinstance(msg, _Fatal):
                     raise msg.error
                 elif isinstance(msg, _FeedReady):
@@ -454,6 +481,7 @@ class _Run:
                     self.to_encode.maxsize = 2 * batch_size * msg.feed.lanes
                     self._start_lanes(msg.feed, batch_size)
                     lanes = msg.feed.lanes
+                    bar.start()
         finally:
             self._shut_down()
         return outcome

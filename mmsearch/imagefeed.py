@@ -125,6 +125,10 @@ class TorchFeed:
         if not ok:
             return EncodedImages(np.zeros((0, self.encoder.dim), np.float32), failed)
         x = torch.stack(ok)
+        encoder_dtype = torch.float32 if self.on_cpu else torch.float16  # its autocast
+        if self.models[lane] is self.encoder.model and self.dtype == encoder_dtype:
+            # The encoder's own image tower call (the same precision).
+            return EncodedImages(self.encoder.encode_image_tensors(x), failed)
         with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             feats = self.models[lane].encode_image(x)
         feats = feats.float()
