@@ -97,11 +97,12 @@ def corpus(workdir: Path, kind: str, n: int, distinct: int | None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     bases = distinct or n
-    sizes = []
     for i in range(bases):
         path = folder / f"{kind}-{i:05d}.jpg"
-        photo(1000 * (kind == "2mp") + i, SIZES[kind]).save(path, "JPEG", quality=90)
-        sizes.append(path.stat().st_size)
+        if not path.exists():  # an interrupted generation resumes
+            tmp = path.with_suffix(".tmp")
+            photo(1000 * (kind == "2mp") + i, SIZES[kind]).save(tmp, "JPEG", quality=90)
+            tmp.replace(path)
     for i in range(bases, n):
         base = (folder / f"{kind}-{i % bases:05d}.jpg").read_bytes()
         (folder / f"{kind}-{i:05d}.jpg").write_bytes(_with_comment(base, b"copy %d" % i))
@@ -135,7 +136,7 @@ def model_only(feed: Any, n: int, batch: int) -> dict[str, Any]:
     from mmsearch.media import PreparedImage
 
     size = feed.size
-    x = torch.randn(batch, 3, size, size)
+    x = torch.randn(batch, 3, size, size, device=feed.devices[0])  # already on the device
     items = [PreparedImage(4000, 3000, None, x[i]) for i in range(batch)]
     feed.encode(items[: min(8, batch)])
     if not feed.on_cpu:
