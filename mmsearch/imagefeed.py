@@ -95,6 +95,7 @@ class TorchFeed:
         self.std = [torch.tensor(cfg["std"], device=d).view(3, 1, 1) for d in self.devices]
         self.dtype = _dtype(dtype, self.on_cpu)
         self._saved_threads: int | None = None
+        self._numpy_tail = _numpy_tail(encoder.preprocess)
 
     # -- the decoding threads -------------------------------------------------------------
 
@@ -111,8 +112,21 @@ class TorchFeed:
 
     def _pillow(self, path: str, data: FileBytes) -> PreparedImage:
         loaded = media.load_image(path, draft_size=self.draft, data=data)
-        tensor = self.encoder.preprocess(loaded.image)
+        tensor = self.preprocess(loaded.image)
         return PreparedImage(loaded.width, loaded.height, loaded.taken, tensor)
+
+    def preprocess(self, image: Any) -> torch.Tensor:
+        """The model's preprocessing: its Pillow steps, then ``ToTensor`` and ``Normalize``
+        in numpy — the same float32 operations, but without torch's intra-op threads, which
+        the decoding threads would otherwise multiply (and spin in) beside the model."""
+        if self._numpy_tail is None:
+            return self.encoder.preprocess(image)
+        pil_steps, mean, std = self._numpy_tail
+        for step in pil_steps:
+            image = step(image)
+        x = np.asarray(image, dtype=np.float32) / np.float32(255)
+        x = (x - mean) / std
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
     # -- the encoder threads --------------------------------------------------------------
 
@@ -231,6 +245,23 @@ def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
     if orientation == 8:
         return torch.rot90(image, 1, dims=(-2, -1))
     return image
+
+
+def _numpy_tail(preprocess: Any) -> tuple[list[Any], np.ndarray, np.ndarray] | None:
+    """For a ``Compose`` ending in ``ToTensor, Normalize`` on an RGB image: the steps
+    before them, and the mean and std; None for any other transform (then it is called
+    as it is)."""
+    steps = list(getattr(preprocess, "transforms", []))
+    if len(steps) < 2 or type(steps[-2]).__name__ not in ("ToTensor", "MaybeToTensor"):
+        return None
+    norm = steps[-1]
+    if type(norm).__name__ != "Normalize" or getattr(norm, "inplace", False):
+        return None
+    mean = np.asarray(norm.mean, dtype=np.float32).reshape(1, 1, -1)
+    std = np.asarray(norm.std, dtype=np.float32).reshape(1, 1, -1)
+    if mean.size != 3 or std.size != 3:
+        return None
+    return steps[:-2], mean, std
 
 
 def _complete_jpeg(data: bytearray) -> bool:
