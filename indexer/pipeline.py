@@ -1,4 +1,11 @@
-"""Indexing images: scan → hash → reuse or (load → encode) → catalog, in committed batches.
+"""Indexing images: scan → (read once + hash → reuse, or decode) → encode → catalog.
+
+Three kinds of threads share the work (:func:`_read_and_encode`): decoding threads read
+each new or changed file once, hash those bytes and — unless the content is already
+stored — decode them (:mod:`indexer.reading`); one encoder thread per device forms batches
+from whatever is decoded and encodes them (:mod:`indexer.feed`); this thread commits each
+encoded batch to the catalog while the next one encodes. Content already stored (renamed,
+moved, duplicate files) reuses its stored embedding at the end of the run.
 
 Each batch is committed to the catalog in one transaction, so an interrupted run keeps
 what it finished and the next run picks up the rest (those files are then unchanged).
@@ -9,17 +16,36 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from indexer.common import DEFAULT_BATCH, EncoderLike, load_encoder
+from indexer.common import DEFAULT_BATCH, EncoderLike
+from indexer.feed import ImageFeed, ThreadBudget, feed_for, thread_budget
+from indexer.reading import (
+    POLL,
+    DecodingThreads,
+    FeedUnavailable,
+    Gate,
+    ReadItem,
+    read_item,
+    take_batch,
+)
 from indexer.scan import FileEntry, KnownFile, plan_changes, plan_remembered, scan
 from mmsearch.catalog import Catalog, ItemRecord, SkipRecord
 from mmsearch.errors import InputError
-from mmsearch.media import content_hash, date_taken, draft_size, load_many, missing_decoder
+from mmsearch.media import (
+    EncodedImages,
+    FileBytes,
+    PreparedImage,
+    content_hash,
+    date_taken,
+    missing_decoder,
+)
 from mmsearch.results import ProgressFactory, RunSummary, Skipped, no_progress
 
 logger = logging.getLogger(__name__)
@@ -36,25 +62,6 @@ class _Job:
     entry: FileEntry
     digest: str
     old: ItemRecord | KnownFile | None = None
-
-
-def _hash_all(entries: Sequence[FileEntry], workers: int, summary: RunSummary) -> dict[str, str]:
-    """Content hashes by path; unreadable files go to ``summary.skipped``."""
-
-    def one(entry: FileEntry) -> tuple[str, str | None, str | None]:
-        try:
-            return entry.path, content_hash(entry.path), None
-        except InputError as exc:
-            return entry.path, None, exc.reason
-
-    out: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for path, digest, reason in pool.map(one, entries):
-            if digest is None:
-                summary.skipped.append(Skipped(path, reason or "cannot read"))
-            else:
-                out[path] = digest
-    return out
 
 
 def _file_row(entry: FileEntry, digest: str) -> dict[str, Any]:
@@ -80,9 +87,10 @@ def index_images(
 ) -> RunSummary:
     """Bring the catalog's images under ``roots`` up to date with the disk.
 
-    Unchanged files (same size and mtime) are not read. New and changed files are hashed;
-    content already stored (a renamed, moved or duplicate file) reuses its stored
-    embedding; the rest are decoded in worker threads and encoded in batches. Files that
+    Unchanged files (same size and mtime) are not read. New and changed files are read
+    once: their bytes are hashed, and content already stored (a renamed, moved or
+    duplicate file) reuses its stored embedding without being decoded; the rest are
+    decoded from the same bytes in worker threads and encoded in batches. Files that
     disappeared leave the catalog. Nothing unreadable aborts the run: it is skipped and
     listed with its reason in the summary.
 
@@ -96,8 +104,9 @@ def index_images(
         roots: folders (or files) to index.
         get_encoder: returns the encoder; called only if something must be encoded.
         exclude: fnmatch patterns of names or relative paths to leave out.
-        batch_size: images encoded and committed together.
-        workers: decoding threads (default: up to 8).
+        batch_size: images encoded and committed together (at most).
+        workers: decoding threads (default: from the cores, see
+            :func:`indexer.feed.thread_budget`).
         progress: progress bar factory; none by default.
         retry_skipped: forget the remembered bad files first and try them all again
             (after installing a decoder, say).
@@ -109,14 +118,14 @@ def index_images(
     """
     started = time.perf_counter()
     progress = progress or no_progress
-    workers = workers or min(8, os.cpu_count() or 1)
+    budget = thread_budget(workers=workers)
     summary = RunSummary()
 
     found = scan(roots, exclude=exclude)
     summary.skipped.extend(Skipped(p, r) for p, r in found.errors)
+    records = catalog.image_files()
     known = [
-        KnownFile(r.id, r.path or "", r.size or 0, r.mtime_ns or 0, r.content_hash)
-        for r in catalog.image_files()
+        KnownFile(r.id, r.path or "", r.size or 0, r.mtime_ns or 0, r.content_hash) for r in records
     ]
     plan = plan_changes(found.files, known, roots)
     summary.scanned = len(found.files)
@@ -124,24 +133,68 @@ def index_images(
     memory = _recall_skipped(catalog, plan.new, roots, retry_skipped, summary)
     plan.new = memory.to_try
 
-    to_hash = _decodable([*plan.new, *(entry for entry, _ in plan.changed)], summary)
-    digests = _hash_all(to_hash, workers, summary)
-    jobs = _reuse_stored(catalog, plan, digests, summary)
-
-    failed: list[tuple[_Job, str]] = []
-    if jobs and encode_jobs is not None:  # distributed: same jobs in, same rows out
-        failed = encode_jobs(catalog, jobs, get_encoder, progress, summary)
-    elif jobs:
-        failed = _encode_images(catalog, jobs, get_encoder, batch_size, workers, progress, summary)
+    changed = dict(plan.changed)
+    to_read = _decodable([*plan.new, *changed], summary)
+    # The rows of changed files are replaced as their batches commit; a duplicate of their
+    # old content found later still needs those embeddings.
+    kept = catalog.embeddings_by_hash("image", {old.content_hash for old in changed.values()})
+    outcome = _Outcome()
+    stored_hashes = {r.content_hash for r in records}
+    if to_read and encode_jobs is not None:  # distributed: the driver hashes, Ray encodes
+        outcome.known, jobs = _plan_remote(to_read, changed, stored_hashes, budget, summary)
+        # encode_jobs lists the files that failed to decode in summary.skipped itself
+        failed = encode_jobs(catalog, jobs, get_encoder, progress, summary) if jobs else []
+    else:
+        if to_read:
+            run = _Run(catalog, to_read, changed, stored_hashes, budget)
+            bar = _LazyBar(progress, len(to_read), "indexing images")
+            try:
+                outcome = run.execute(get_encoder, batch_size, bar, summary)
+            finally:
+                bar.close()
+        summary.skipped.extend(Skipped(e.path, r) for _, e, r in sorted(outcome.unreadable))
+        failed = [(job, why) for _, job, why in sorted(outcome.failed, key=lambda f: f[0])]
+        summary.skipped.extend(Skipped(job.entry.path, why) for job, why in failed)
+    _reuse_stored(catalog, plan, outcome.known, kept, records, summary)
 
     # A changed file that no longer decodes takes its old item along: a search must not
     # find the picture that was there before.
     gone = [k.id for k in plan.gone] + [job.old.id for job, _ in failed if job.old is not None]
     summary.removed += catalog.remove(gone) if gone else 0
     _update_skipped(catalog, memory, failed)
-    backfill_dates(catalog, workers)
+    backfill_dates(catalog, budget.decoders)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _plan_remote(
+    entries: list[FileEntry],
+    changed: dict[FileEntry, KnownFile],
+    stored_hashes: set[str],
+    budget: ThreadBudget,
+    summary: RunSummary,
+) -> tuple[dict[str, str], list[_Job]]:
+    """For a distributed run: hash every file here (the catalog decides what is new), and
+    split them into content already stored (path -> hash) and jobs for the workers.
+    Unreadable files go to ``summary.skipped``."""
+
+    def one(entry: FileEntry) -> tuple[FileEntry, str | None, str | None]:
+        try:
+            return entry, content_hash(entry.path), None
+        except InputError as exc:
+            return entry, None, exc.reason
+
+    known: dict[str, str] = {}
+    jobs: list[_Job] = []
+    with ThreadPoolExecutor(max_workers=budget.decoders) as pool:
+        for entry, digest, reason in pool.map(one, entries):
+            if digest is None:
+                summary.skipped.append(Skipped(entry.path, reason or "cannot read"))
+            elif digest in stored_hashes:
+                known[entry.path] = digest
+            else:
+                jobs.append(_Job(entry, digest, changed.get(entry)))
+    return known, jobs
 
 
 def backfill_dates(catalog: Catalog, workers: int) -> int:
@@ -223,16 +276,23 @@ def _decodable(entries: list[FileEntry], summary: RunSummary) -> list[FileEntry]
 
 
 def _reuse_stored(
-    catalog: Catalog, plan: Any, digests: dict[str, str], summary: RunSummary
-) -> list[_Job]:
-    """Store without encoding every file whose content is already in the catalog; return
-    the files that must be encoded."""
+    catalog: Catalog,
+    plan: Any,
+    digests: dict[str, str],
+    kept: dict[str, bytes],
+    records: list[ItemRecord],
+    summary: RunSummary,
+) -> None:
+    """Store without encoding every file whose content is already in the catalog
+    (``digests``: path → hash of those files). The first new file (in scan order) with the
+    content of a gone item takes that item over (a rename); others are copies."""
+    if not digests:
+        return
     gone_by_hash: dict[str, KnownFile] = {}
     for k in plan.gone:
         gone_by_hash.setdefault(k.content_hash, k)
-    stored = catalog.embeddings_by_hash("image", digests.values())
+    stored = {**kept, **catalog.embeddings_by_hash("image", set(digests.values()))}
 
-    jobs: list[_Job] = []
     renames: list[tuple[int, dict[str, Any]]] = []
     copies: list[dict[str, Any]] = []
     for entry in plan.new:
@@ -245,34 +305,24 @@ def _reuse_stored(
             plan.gone.remove(moved)
         elif digest in stored:  # a duplicate of stored content
             copies.append({**_file_row(entry, digest), "embedding": stored[digest]})
-        else:
-            jobs.append(_Job(entry, digest))
     changed_reused: list[int] = []
     for entry, old in plan.changed:
         digest = digests.get(entry.path)
-        if digest is None:
-            continue
-        if digest in stored:
+        if digest is not None and digest in stored:
             # Content changed to something already stored: a new item with that embedding.
             copies.append({**_file_row(entry, digest), "embedding": stored[digest]})
             changed_reused.append(old.id)
-        else:
-            jobs.append(_Job(entry, digest, old))
     if renames or copies:
-        _copy_dims(catalog, copies, renames)
+        _copy_dims(records, copies)
         catalog.apply(add=copies, remove=changed_reused, updates=renames)
         summary.reused += len(renames) + len(copies)
-    return jobs
 
 
-def _copy_dims(
-    catalog: Catalog, copies: list[dict[str, Any]], renames: list[tuple[int, dict[str, Any]]]
-) -> None:
-    """Duplicates take width/height from the stored item with the same content."""
-    if not copies:
-        return
+def _copy_dims(records: list[ItemRecord], copies: list[dict[str, Any]]) -> None:
+    """Duplicates take width/height from the stored item with the same content (as the
+    catalog held it when the run began)."""
     by_hash: dict[str, ItemRecord] = {}
-    for rec in catalog.image_files():
+    for rec in records:
         by_hash.setdefault(rec.content_hash, rec)
     for row in copies:
         rec = by_hash.get(row["content_hash"])
@@ -280,70 +330,273 @@ def _copy_dims(
             row["width"], row["height"] = rec.width, rec.height
 
 
-def _encode_images(
-    catalog: Catalog,
-    jobs: list[_Job],
-    get_encoder: Callable[[], EncoderLike],
-    batch_size: int,
-    workers: int,
-    progress: ProgressFactory,
-    summary: RunSummary,
-) -> list[tuple[_Job, str]]:
-    """Decode, encode and store the jobs in batches; return the jobs that failed to decode,
-    with the reason (they are in ``summary.skipped`` too)."""
-    failed: list[tuple[_Job, str]] = []
-    encoder = load_encoder(catalog, get_encoder)
-    size = encoder.image_size
-    bar = progress(len(jobs), "encoding images")
-    try:
-        by_path = {j.entry.path: j for j in jobs}
-        results = load_many(
-            [j.entry.path for j in jobs],
-            transform=encoder.preprocess,
-            workers=workers,
-            draft_size=draft_size(size),
-            prefetch=max(64, 2 * batch_size),
+class _LazyBar:
+    """A progress bar shown once the model is loaded (or many files were read without
+    it): a run that fails to load its model prints its one-line error and nothing else."""
+
+    def __init__(self, progress: ProgressFactory, total: int, label: str) -> None:
+        self.progress, self.total, self.label = progress, total, label
+        self.bar: Any = None
+        self.pending = 0
+
+    def start(self) -> None:
+        if self.bar is None:
+            self.bar = self.progress(self.total, self.label)
+            self.bar.update(self.pending)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        self.pending += n
+        if self.pending >= 64:
+            self.start()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@dataclass
+class _Outcome:
+    """What the reading and encoding of a run left for its end (with plan positions, to
+    report in scan order whatever order the threads finished in)."""
+
+    known: dict[str, str] = field(default_factory=dict)  # path -> hash of stored content
+    unreadable: list[tuple[int, FileEntry, str]] = field(default_factory=list)
+    failed: list[tuple[int, _Job, str]] = field(default_factory=list)  # could not decode
+
+
+@dataclass
+class _Encoded:
+    """An encoder thread's batch: the items and what the feed made of them."""
+
+    items: list[ReadItem]
+    result: EncodedImages
+
+
+@dataclass
+class _Fatal:
+    """An exception that ends the run, raised again in the run's thread."""
+
+    error: BaseException
+
+
+@dataclass
+class _FeedReady:
+    """The model is loaded (by a decoding thread)."""
+
+    feed: ImageFeed
+    encoder: EncoderLike
+
+
+_LANE_DONE = object()
+_DECODED_ALL = object()
+
+
+class _Run:
+    """One run's decoding threads, encoder threads and the commits (this thread)."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        entries: list[FileEntry],
+        changed: dict[FileEntry, KnownFile],
+        stored_hashes: set[str],
+        budget: ThreadBudget,
+    ) -> None:
+        self.catalog = catalog
+        self.entries = entries
+        self.changed = changed
+        self.stored_hashes = stored_hashes
+        self.budget = budget
+        self.stop = threading.Event()
+        self.gate = Gate()
+        self.results: queue.Queue[object] = queue.Queue()  # to this thread, unbounded
+        self.to_encode: queue.Queue[object] = queue.Queue()  # bounded once the feed loads
+        self.feed: ImageFeed | None = None
+        self.feed_error: BaseException | None = None
+        self.feed_lock = threading.Lock()
+        self.lanes: list[threading.Thread] = []
+        self.get_encoder: Callable[[], EncoderLike] | None = None
+        self.decoders: DecodingThreads | None = None
+
+    # -- the model, loaded by the first decoding thread that needs it -----------------------
+
+    def _prepare(self, path: str, data: FileBytes) -> PreparedImage:
+        return self._load_feed().prepare(path, data)
+
+    def _load_feed(self) -> ImageFeed:
+        feed = self.feed
+        if feed is not None:
+            return feed
+        with self.feed_lock:
+            if self.feed is None and self.feed_error is None:
+                assert self.get_encoder is not None
+                try:
+                    encoder = self.get_encoder()
+                    feed = feed_for(encoder)
+                    feed.use_threads(self.budget.model_threads if feed.on_cpu else None)
+                    self.gate.enabled = self.budget.alternate and feed.on_cpu
+                    self.feed = feed
+                    self.results.put(_FeedReady(feed, encoder))  # claimed, lanes started there
+                except BaseException as exc:
+                    self.feed_error = exc
+            if self.feed_error is not None:
+                raise FeedUnavailable(self.feed_error)
+            assert self.feed is not None
+            return self.feed
+
+    # -- encoder threads ------------------------------------------------------------------
+
+    def _start_lanes(self, feed: ImageFeed, batch_size: int) -> None:
+        for lane in range(feed.lanes):
+            t = threading.Thread(
+                target=self._lane, args=(feed, lane, batch_size), name=f"mmsearch-encode-{lane}"
+            )
+            t.daemon = True
+            self.lanes.append(t)
+            t.start()
+
+    def _lane(self, feed: ImageFeed, lane: int, batch_size: int) -> None:
+        assert self.decoders is not None
+        # With the alternate schedule the decoders have every core while this waits, so
+        # a full batch costs nothing; overlapping (a GPU), it takes what is decoded.
+        wait_full = self.gate.enabled
+        linger = 0.0 if feed.on_cpu else 0.02
+        try:
+            while True:
+                batch = take_batch(
+                    self.to_encode, batch_size, self.decoders.finished, self.stop, wait_full, linger
+                )
+                if not batch:
+                    break
+                items: list[ReadItem] = batch  # type: ignore[assignment]
+                self.gate.close()
+                try:
+                    result = feed.encode([it.image for it in items], lane)  # type: ignore[misc]
+                finally:
+                    self.gate.open()
+                self.results.put(_Encoded(items, result))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the run's thread
+            self.results.put(_Fatal(exc))
+        finally:
+            self.results.put(_LANE_DONE)
+
+    # -- this thread ----------------------------------------------------------------------
+
+    def execute(
+        self,
+        get_encoder: Callable[[], EncoderLike],
+        batch_size: int,
+        bar: _LazyBar,
+        summary: RunSummary,
+    ) -> _Outcome:
+        """Read, decode, encode and commit every entry; what is left for the end of the
+        run comes back. Raises what a thread raised (the model failed to load, the catalog
+        refused it, an interrupt)."""
+        self.get_encoder = get_encoder
+        outcome = _Outcome()
+        self.decoders = DecodingThreads(
+            list(enumerate(e.path for e in self.entries)),
+            lambda i, path: read_item(i, path, self.stored_hashes, self._prepare),
+            self.to_encode,
+            self.results.put,
+            self.budget.decoders,
+            self.gate,
+            self.stop,
+            on_error=lambda exc: self.results.put(_Fatal(exc)),
+            on_finished=lambda: self.results.put(_DECODED_ALL),
         )
-        pending: list[tuple[_Job, Any, Any]] = []
-        for path, loaded, tensor, error in results:
+        decoding, lanes = True, 0
+        try:
+            self.decoders.start()
+            while decoding or lanes:
+                msg = _get(self.results)
+                if msg is _DECODED_ALL:
+                    decoding = False
+                elif msg is _LANE_DONE:
+                    lanes -= 1
+                elif isinstance(msg, ReadItem):
+                    self._settle(msg, outcome)
+                    bar.update(1)
+                elif isinstance(msg, _Encoded):
+                    self._commit(msg, outcome, summary)
+                    bar.update(len(msg.items))
+                elif isinstance(msg, _Fatal):
+                    raise msg.error
+                elif isinstance(msg, _FeedReady):
+                    # Claimed before any embedding is stored (a different model is refused).
+                    self.catalog.claim_model(msg.encoder.record())
+                    self.to_encode.maxsize = 2 * batch_size * msg.feed.lanes
+                    self._start_lanes(msg.feed, batch_size)
+                    lanes = msg.feed.lanes
+                    bar.start()
+        finally:
+            self._shut_down()
+        return outcome
+
+    def _shut_down(self) -> None:
+        self.stop.set()
+        self.gate.open()
+        if self.decoders is not None:
+            self.decoders.join()
+        for t in self.lanes:
+            t.join()
+        if self.feed is not None:
+            self.feed.close()
+
+    def _job(self, index: int) -> _Job:
+        entry = self.entries[index]
+        return _Job(entry, "", self.changed.get(entry))
+
+    def _settle(self, item: ReadItem, outcome: _Outcome) -> None:
+        """A file that needs no encoding: known content, unreadable, or undecodable."""
+        entry = self.entries[item.index]
+        if item.known:
+            outcome.known[entry.path] = item.digest or ""
+        elif item.unreadable:
+            outcome.unreadable.append((item.index, entry, _reason(item)))
+        else:
+            outcome.failed.append((item.index, self._job(item.index), _reason(item)))
+
+    def _commit(self, batch: _Encoded, outcome: _Outcome, summary: RunSummary) -> None:
+        rows, replaced = [], []
+        vectors = iter(batch.result.vectors)
+        for pos, item in enumerate(batch.items):
+            job = self._job(item.index)
+            error = batch.result.failed.get(pos)
             if error is not None:
-                summary.skipped.append(Skipped(path, error.reason))
-                failed.append((by_path[path], error.reason))
-                bar.update(1)
+                outcome.failed.append((item.index, job, error.reason))
                 continue
-            pending.append((by_path[path], loaded, tensor))
-            if len(pending) >= batch_size:
-                _commit_batch(catalog, encoder, pending, summary)
-                bar.update(len(pending))
-                pending = []
-        if pending:
-            _commit_batch(catalog, encoder, pending, summary)
-            bar.update(len(pending))
-    finally:
-        bar.close()
-    return failed
+            image = item.image
+            assert image is not None and item.digest is not None
+            taken = image.taken if image.taken is not None else job.entry.mtime_ns / 1e9
+            rows.append(
+                {
+                    **_file_row(job.entry, item.digest),
+                    "width": image.width,
+                    "height": image.height,
+                    "taken_at": taken,
+                    "embedding": next(vectors),
+                }
+            )
+            if job.old is not None:
+                replaced.append(job.old.id)
+        if rows:
+            self.catalog.apply(add=rows, remove=replaced)
+        summary.updated += len(replaced)
+        summary.added += len(rows) - len(replaced)
 
 
-def _commit_batch(
-    catalog: Catalog,
-    encoder: EncoderLike,
-    pending: list[tuple[_Job, Any, Any]],
-    summary: RunSummary,
-) -> None:
-    vectors = encoder.encode_image_tensors([t for _, _, t in pending])
-    rows, replaced = [], []
-    for (job, loaded, _), vec in zip(pending, vectors, strict=True):
-        rows.append(
-            {
-                **_file_row(job.entry, job.digest),
-                "width": loaded.width,
-                "height": loaded.height,
-                "taken_at": loaded.taken if loaded.taken is not None else job.entry.mtime_ns / 1e9,
-                "embedding": vec,
-            }
-        )
-        if job.old is not None:
-            replaced.append(job.old.id)
-    catalog.apply(add=rows, remove=replaced)
-    summary.updated += len(replaced)
-    summary.added += len(rows) - len(replaced)
+def _reason(item: ReadItem) -> str:
+    return item.error.reason if item.error is not None else "cannot read"
+
+
+def _get(q: queue.Queue[object]) -> object:
+    """The next message; waits in short slices so that Ctrl-C is seen at once."""
+    while True:
+        try:
+            return q.get(timeout=POLL * 4)
+        except queue.Empty:
+            continue

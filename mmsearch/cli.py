@@ -228,7 +228,7 @@ def _say_waiting(pid: int | None) -> None:
 )
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option(
-    "--workers", type=click.IntRange(1), help="Image decoding threads [default: up to 8]."
+    "--workers", type=click.IntRange(1), help="Image decoding threads [default: from the cores]."
 )
 @click.option(
     "--reembed", is_flag=True, help="Encode everything again with --model (switch models)."

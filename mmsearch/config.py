@@ -25,6 +25,12 @@ ENV_CACHE = "MMSEARCH_CACHE"
 #: runtime when there is one, else torch), ``onnx`` (refuse to fall back) or ``torch``.
 ENV_QUERY_RUNTIME = "MMSEARCH_QUERY_RUNTIME"
 QUERY_RUNTIMES = ("auto", "onnx", "torch")
+#: Environment variable choosing how an indexing run shares CPU cores between decoding
+#: and a model on the CPU: ``alternate`` (default) or ``overlap`` (indexer/feed.py).
+ENV_DECODE_SCHEDULE = "MMSEARCH_DECODE_SCHEDULE"
+#: Environment variable choosing the precision of image encoding on CUDA: ``float16``
+#: (default), ``bfloat16`` or ``float32``.
+ENV_ENCODE_DTYPE = "MMSEARCH_ENCODE_DTYPE"
 
 #: File names inside an index directory.
 CATALOG_FILE = "catalog.sqlite"

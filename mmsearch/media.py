@@ -176,6 +176,7 @@ def load_image(
     path: str | os.PathLike,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: int | None = None,
+    data: FileBytes | None = None,
 ) -> LoadedImage:
     """Decode an image file to RGB with its EXIF orientation applied.
 
@@ -190,6 +191,8 @@ def load_image(
         draft_size: For JPEG, let the decoder downscale by 2, 4 or 8 while both sides stay
             at least this large: much faster for big photos. ``width``/``height`` still
             describe the full-resolution image.
+        data: The file's bytes as :func:`read_file` read them: decoded from memory, the
+            file is not opened again.
 
     Returns:
         The decoded image and its full-resolution oriented size.
@@ -199,20 +202,136 @@ def load_image(
             truncated, or too large; ``reason`` says which.
     """
     path = os.fspath(path)
-    _check_file(path)
+    if data is None or data.data is None:
+        _check_file(path)
+    elif not data.data:
+        raise InputError(path, "empty file")
     missing = missing_decoder(path)
     if missing is not None:
         raise InputError(path, missing)
+    buffer = data.data if data is not None else None
     if os.path.splitext(path)[1].lower() in RAW_EXTENSIONS:
-        return _load_raw(path, max_pixels, draft_size)
+        return _load_raw(path, max_pixels, draft_size, buffer)
     _ensure_plugins()
     try:
-        with open(path, "rb") as fp:
+        with open(path, "rb") if buffer is None else io.BytesIO(buffer) as fp:
             img = _open(path, fp)
             with img:
                 return _decode(path, img, max_pixels, draft_size)
     except OSError as exc:  # open() failed; decoding errors are InputErrors already
         raise InputError(path, os_reason(exc)) from exc
+
+
+@dataclass
+class FileBytes:
+    """A file read once: its bytes (to decode from memory) and their content hash."""
+
+    path: str
+    digest: str  # content_hash of the bytes
+    data: bytearray | None  # None for a file over READ_LIMIT: decoded from the path
+
+
+NOT_REGULAR = "not a regular file"
+"""The reason given for a path that is not a regular file (a FIFO, a device)."""
+
+READ_LIMIT = 256 << 20
+"""Files larger than this are hashed in chunks and decoded from the path (read twice)
+rather than held in memory whole: a 600 MB 16-bit TIFF times the decoding threads."""
+
+
+def read_file(path: str | os.PathLike, limit: int = READ_LIMIT) -> FileBytes:
+    """Read a file once and hash its bytes (the same digest as :func:`content_hash`).
+
+    Args:
+        path: The file.
+        limit: Larger files are hashed in chunks and not kept (``data`` is None).
+
+    Returns:
+        The bytes and their digest.
+
+    Raises:
+        InputError: The file cannot be read (missing, permission denied, a directory),
+            or is not a regular file (a FIFO would block the read).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):  # checked before reading: a FIFO would block
+                raise InputError(path, NOT_REGULAR)
+            if st.st_size > limit:
+                return FileBytes(path, content_hash(path), None)
+            data = bytearray(st.st_size)
+            got = f.readinto(data)
+            if got != st.st_size or f.read(1):  # changed while read: take what is there now
+                f.seek(0)
+                data = bytearray(f.read())
+    except OSError as exc:
+        raise InputError(path, os_reason(exc)) from exc
+    return FileBytes(path, hash_bytes(data), data)
+
+
+def hash_bytes(data: bytes | bytearray | memoryview) -> str:
+    """The content hash of bytes in memory (what :func:`content_hash` gives for a file)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@dataclass
+class ImageHeader:
+    """What a picture file's header says, read without decoding its pixels."""
+
+    format: str  # Pillow's format name ("JPEG", "PNG", ...)
+    mode: str  # Pillow's mode as stored ("RGB", "L", "CMYK", ...)
+    width: int  # oriented, full resolution
+    height: int
+    orientation: int  # the EXIF orientation tag (1 when absent)
+    taken: float | None  # EXIF DateTimeOriginal, if any
+
+
+def probe_image(
+    path: str | os.PathLike, data: FileBytes, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> ImageHeader:
+    """Read an image's header from bytes in memory, checking its size like
+    :func:`load_image` does, without decoding its pixels (for a decoder elsewhere: a GPU).
+
+    Raises:
+        InputError: Empty, not an image, a malformed header, or too large.
+    """
+    path = os.fspath(path)
+    if not data.data:
+        raise InputError(path, "empty file")
+    _ensure_plugins()
+    with _open(path, io.BytesIO(data.data)) as img:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise InputError(
+                path, f"too large: {width}×{height} pixels exceeds the limit of {max_pixels}"
+            )
+        orientation = _orientation(img)
+        if orientation in _ROTATING_ORIENTATIONS:
+            width, height = height, width
+        return ImageHeader(img.format or "", img.mode, width, height, orientation, _exif_date(img))
+
+
+@dataclass
+class PreparedImage:
+    """An image ready for an encoder: its oriented full-resolution size, capture date, and
+    ``payload``, whatever the encoder takes (a preprocessed tensor, or undecoded bytes for
+    a GPU decoder)."""
+
+    width: int
+    height: int
+    taken: float | None
+    payload: Any
+
+
+@dataclass
+class EncodedImages:
+    """What an encoder made of a batch of :class:`PreparedImage`: the embeddings of those
+    it could decode, in batch order, and why the others failed (position → error)."""
+
+    vectors: Any  # (len(batch) - len(failed), dim) float32, unit rows
+    failed: dict[int, InputError]
 
 
 _Result = tuple[LoadedImage | None, Any, InputError | None]  # what a worker returns
@@ -292,12 +411,14 @@ def _load_one(
         return None, None, InputError(path, f"transform failed: {exc}")
 
 
-def _load_raw(path: str, max_pixels: int, draft_size: int | None) -> LoadedImage:
+def _load_raw(
+    path: str, max_pixels: int, draft_size: int | None, data: bytearray | None = None
+) -> LoadedImage:
     """Decode a camera RAW file with rawpy: its embedded JPEG preview when that is large
     enough (fast), else a half-size demosaic; oriented like the camera held it."""
     rawpy = _optional("rawpy")
     try:
-        raw = rawpy.imread(path)
+        raw = rawpy.imread(path if data is None else io.BytesIO(data))
     except Exception as exc:  # LibRawFileUnsupportedError, LibRawIOError, ...
         raise InputError(path, f"not a readable RAW file: {exc}") from exc
     try:
@@ -375,7 +496,7 @@ def content_hash(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     Raises:
         InputError: The file cannot be read.
     """
-    digest = hashlib.blake2b(digest_size=16)
+    digest = hashlib.blake2b(digest_size=16)  # the same digest as hash_bytes
     try:
         with open(path, "rb") as f:
             while chunk := f.read(chunk_size):
@@ -392,7 +513,7 @@ def _check_file(path: str) -> None:
     except OSError as exc:
         raise InputError(path, os_reason(exc)) from exc
     if not stat.S_ISREG(st.st_mode):
-        raise InputError(path, "not a regular file")
+        raise InputError(path, NOT_REGULAR)
     if st.st_size == 0:
         raise InputError(path, "empty file")
 

@@ -138,9 +138,9 @@ def test_without_the_extra_heic_and_raw_files_are_skipped_naming_it(tmp_path, ca
     monkeypatch.setitem(sys.modules, "pillow_heif", None)  # import fails: not installed
     monkeypatch.setitem(sys.modules, "rawpy", None)
     hashed: list[str] = []
-    real_hash = media.content_hash
+    real_read = media.read_file
     monkeypatch.setattr(
-        "indexer.pipeline.content_hash", lambda p: hashed.append(Path(p).name) or real_hash(p)
+        media, "read_file", lambda p, *a: hashed.append(Path(p).name) or real_read(p, *a)
     )
     for _ in range(2):  # not remembered: installing the extra is enough to index them
         summary = index_images(catalog, [root], lambda: FakeEncoder())
@@ -199,8 +199,9 @@ def fake_rawpy(monkeypatch, tmp_path):
     """Installs a fake rawpy whose ``imread`` returns the FakeRaw set in ``state.raw``."""
     state = SimpleNamespace(raw=FakeRaw(), opened=[])
 
-    def imread(path: str) -> FakeRaw:
-        if Path(path).read_bytes() == b"garbage":
+    def imread(path: Any) -> FakeRaw:  # a path or a file object, like rawpy's
+        data = path.read() if hasattr(path, "read") else Path(path).read_bytes()
+        if data == b"garbage":
             raise RuntimeError("LibRawFileUnsupportedError: unsupported file format")
         state.opened.append(path)
         return state.raw

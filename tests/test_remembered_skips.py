@@ -36,7 +36,7 @@ def folder(tmp_path: Path) -> Path:
 def reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     """Names of the files decoded and hashed, run after run."""
     seen: dict[str, list[str]] = {"decoded": [], "hashed": []}
-    real_load, real_hash = mmsearch.media.load_image, mmsearch.media.content_hash
+    real_load, real_read = mmsearch.media.load_image, mmsearch.media.read_file
 
     def load(path, *args, **kwargs):  # type: ignore[no-untyped-def]
         seen["decoded"].append(Path(path).name)
@@ -44,10 +44,10 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
 
     def digest(path, *args, **kwargs):  # type: ignore[no-untyped-def]
         seen["hashed"].append(Path(path).name)
-        return real_hash(path, *args, **kwargs)
+        return real_read(path, *args, **kwargs)
 
-    monkeypatch.setattr(mmsearch.media, "load_image", load)  # what load_many's workers call
-    monkeypatch.setattr("indexer.pipeline.content_hash", digest)
+    monkeypatch.setattr(mmsearch.media, "load_image", load)  # what the decoding threads call
+    monkeypatch.setattr(mmsearch.media, "read_file", digest)  # one read: hashed and decoded
     return seen
 
 

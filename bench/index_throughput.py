@@ -1,0 +1,393 @@
+"""Indexing throughput: how close `mmsearch index` comes to the rate of the model alone.
+
+    python bench/index_throughput.py --json bench/results/index_throughput_cpu2.json
+    python bench/index_throughput.py --device cuda --n 4096 --n2mp 8192 --distinct 512 \\
+        --json bench/results/index_throughput_cuda.json
+
+The model is ViT-B-32 with random-initialised weights saved to a safetensors checkpoint
+(``--model ViT-B-32 --pretrained FILE``, as ``bench/query.py`` makes it): the architecture
+is what costs time, not the values. The corpus is photo-like JPEGs (smooth random colour
+fields at three scales, film grain, a few solid shapes; quality 90): ``--n`` of 12 MP
+(4000×3000, 3–6 MB) and ``--n2mp`` of 2 MP (1600×1200), each a different picture — or,
+with ``--distinct K``, K different pictures and byte-distinct copies of them (a JPEG
+comment differs: a different content hash, the same decoding work), to make thousands of
+files quickly for a GPU. Generated once into the work dir and reused.
+
+Measured in one run, in this order (the machine may be shared: speeds are compared within
+the run, and ``uptime``'s load is recorded beside each):
+
+* ``model_only``: the feed the indexer uses encoding already-preprocessed tensors
+  (batch 64 on the CPU, 256 on CUDA), with the thread count an index run gives the model;
+  measured before and after the end-to-end runs (both are reported; ratios use their mean).
+* ``decode``: one thread's CPU cost per image of each step — read + hash, Pillow decode at
+  reduced JPEG scale, the model's preprocessing — and of simplejpeg's reduced-scale decode
+  when it is installed (the faster-decoder question), on 12 MP and 2 MP files.
+* ``end_to_end``: ``python -m mmsearch index DIR --index NEW --model ViT-B-32 --pretrained
+  FILE --json`` in a new process, default settings, a fresh index each time; the rate is
+  images / the run's own ``seconds`` (scan → last commit, model loading included; not
+  Python's start-up nor the ONNX export, which happens once into a shared cache in a
+  warm-up run). Cases: warm page cache, cold page cache (``posix_fadvise(DONTNEED)`` on
+  every file first, or ``drop_caches`` when writable), the ``overlap`` schedule, 2 MP.
+* ``ceiling``: from the measured CPU costs per image (the model's CPU time over all its
+  threads; one thread's read + hash + decode + preprocess), the best a perfect split of
+  the cores could do: ``model_core_ms / (model_core_ms + decode_core_ms)`` of the
+  model-only rate (wall times would count the waiting on a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+MODEL = "ViT-B-32"
+SIZES = {"12mp": (4000, 3000), "2mp": (1600, 1200)}
+_TILE = np.random.default_rng(12345).normal(0, 12, (520, 520, 3)).astype(np.int16)
+
+
+# -- corpus ----------------------------------------------------------------------------
+
+
+def photo(seed: int, size: tuple[int, int]) -> Image.Image:
+    """A photo-like picture: colour fields at three scales, grain, and solid shapes."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    acc = np.full((h, w, 3), -96, np.int16)
+    for div, shift in ((max(w // 6, 1), 0), (max(w // 40, 1), 1), (max(w // 300, 1), 2)):
+        small = rng.integers(0, 256, (h // div + 2, w // div + 2, 3), dtype=np.uint8)
+        up = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC))
+        acc += up.astype(np.int16) >> shift
+    dx, dy = rng.integers(0, 8, 2) * 8
+    tile = _TILE[dy : dy + 512, dx : dx + 512]
+    acc += np.tile(tile, (h // 512 + 2, w // 512 + 2, 1))[:h, :w]
+    img = Image.fromarray(np.clip(acc, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(3, 8))):
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        r = int(rng.integers(h // 20, h // 4))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([x - r, y - r, x + r, y + r], fill=colour)
+    return img
+
+
+def _with_comment(jpeg: bytes, text: bytes) -> bytes:
+    """The same JPEG with a COM segment after SOI: other bytes, the same pixels."""
+    return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
+
+
+def corpus(workdir: Path, kind: str, n: int, distinct: int | None) -> Path:
+    """``n`` JPEGs of ``kind`` (made once; kept while the marker matches)."""
+    folder = workdir / f"corpus-{kind}-{n}-{distinct or n}"
+    marker = folder / ".made"
+    if marker.exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    bases = distinct or n
+    for i in range(bases):
+        path = folder / f"{kind}-{i:05d}.jpg"
+        if not path.exists():  # an interrupted generation resumes
+            tmp = path.with_suffix(".tmp")
+            photo(1000 * (kind == "2mp") + i, SIZES[kind]).save(tmp, "JPEG", quality=90)
+            tmp.replace(path)
+    for i in range(bases, n):
+        base = (folder / f"{kind}-{i % bases:05d}.jpg").read_bytes()
+        (folder / f"{kind}-{i:05d}.jpg").write_bytes(_with_comment(base, b"copy %d" % i))
+    marker.write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+    print(f"made {n} {kind} JPEGs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return folder
+
+
+def corpus_info(folder: Path) -> dict[str, Any]:
+    sizes = [p.stat().st_size for p in folder.glob("*.jpg")]
+    return {
+        "files": len(sizes),
+        "mb_mean": round(float(np.mean(sizes)) / 1e6, 2),
+        "mb_min": round(min(sizes) / 1e6, 2),
+        "mb_max": round(max(sizes) / 1e6, 2),
+    }
+
+
+# -- measurements ----------------------------------------------------------------------
+
+
+def load() -> float:
+    """The 1-minute load average (what ``uptime`` shows first)."""
+    return round(os.getloadavg()[0], 2)
+
+
+def model_only(feed: Any, n: int, batch: int) -> dict[str, Any]:
+    """Images/s of the feed encoding preprocessed tensors (after one warm-up batch)."""
+    import torch
+
+    from mmsearch.media import PreparedImage
+
+    size = feed.size
+    x = torch.randn(batch, 3, size, size, device=feed.devices[0])  # already on the device
+    items = [PreparedImage(4000, 3000, None, x[i]) for i in range(batch)]
+    feed.encode(items[: min(8, batch)])
+    if not feed.on_cpu:
+        torch.cuda.synchronize()
+    done, t0, c0, l0 = 0, time.perf_counter(), time.process_time(), load()
+    while done < n:
+        feed.encode(items)
+        done += batch
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {
+        "images": done,
+        "images_per_s": round(done / seconds, 2),
+        "cpu_ms_per_image": round(1000 * cpu / done, 1),  # all of torch's threads
+        "load": [l0, load()],
+    }
+
+
+def decode_costs(feed: Any, folder: Path, n: int) -> dict[str, Any]:
+    """One thread's CPU milliseconds per image for each step (median over ``n`` files)."""
+    from mmsearch import media
+
+    paths = sorted(folder.glob("*.jpg"))[:n]
+    steps: dict[str, list[float]] = {"read_hash": [], "decode": [], "preprocess": []}
+    simplejpeg = _optional("simplejpeg")
+    if simplejpeg is not None:
+        steps["simplejpeg_decode"] = []
+    l0 = load()
+    for path in paths:
+        t = time.thread_time()
+        data = media.read_file(path)
+        t1 = time.thread_time()
+        loaded = media.load_image(path, draft_size=feed.draft, data=data)
+        t2 = time.thread_time()
+        feed.preprocess(loaded.image)  # what the indexer runs
+        t3 = time.thread_time()
+        steps["read_hash"].append(t1 - t)
+        steps["decode"].append(t2 - t1)
+        steps["preprocess"].append(t3 - t2)
+        if simplejpeg is not None:
+            t4 = time.thread_time()
+            simplejpeg.decode_jpeg(
+                bytes(data.data or b""), min_width=feed.draft, min_height=feed.draft
+            )
+            steps["simplejpeg_decode"].append(time.thread_time() - t4)
+    out: dict[str, Any] = {k: round(1000 * float(np.median(v)), 2) for k, v in steps.items()}
+    out["total_core_ms"] = round(out["read_hash"] + out["decode"] + out["preprocess"], 2)
+    out["load"] = [l0, load()]
+    return out
+
+
+def _optional(name: str) -> Any:
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
+def drop_cache(folder: Path) -> str:
+    """Evict the corpus from the page cache; says how."""
+    try:
+        subprocess.run(["sync"], check=False)
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return "drop_caches"
+    except OSError:
+        pass
+    for path in folder.iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return "posix_fadvise(DONTNEED)"
+
+
+def end_to_end(
+    folder: Path, workdir: Path, weights: Path, device: str, env_extra: dict[str, str]
+) -> dict[str, Any]:
+    """One ``mmsearch index`` of ``folder`` into a fresh index, in a new process."""
+    index = Path(tempfile.mkdtemp(prefix="idx-", dir=workdir))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "MMSEARCH_CACHE": str(workdir / "cache"),
+        "MMSEARCH_DEVICE": device,
+        **env_extra,
+    }
+    cmd = [sys.executable, "-m", "mmsearch", "-q", "index", str(folder), "--index", str(index)]
+    cmd += ["--model", MODEL, "--pretrained", str(weights), "--json"]
+    l0, t0 = load(), time.perf_counter()
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+    if proc.returncode != 0:
+        raise RuntimeError(f"mmsearch index failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    n = summary["added"]
+    return {
+        "images": n,
+        "skipped": len(summary["skipped"]),
+        "run_seconds": summary["seconds"],
+        "process_seconds": round(wall, 2),
+        "images_per_s": round(n / summary["seconds"], 2),
+        "images_per_s_process": round(n / wall, 2),
+        # The whole process: imports, model loading and the export check included.
+        "process_cpu_ms_per_image": round(1000 * cpu / max(n, 1), 1),
+        "load": [l0, load()],
+    }
+
+
+def agreement(feed: Any, folder: Path, n: int) -> dict[str, float]:
+    """Cosine between embeddings through the device decoding path (torchvision) and the
+    Pillow path, on this corpus with this model."""
+    from mmsearch import media
+    from mmsearch.imagefeed import TorchFeed
+
+    paths = sorted(folder.glob("*.jpg"))[:n]
+    pillow = TorchFeed(feed.encoder, devices=feed.devices, gpu_jpeg=False)
+    device = TorchFeed(feed.encoder, devices=feed.devices, gpu_jpeg=True)
+    a = pillow.encode([pillow.prepare(str(p), media.read_file(p)) for p in paths]).vectors
+    b = device.encode([device.prepare(str(p), media.read_file(p)) for p in paths]).vectors
+    cos = (a * b).sum(axis=1)
+    return {"images": len(paths), "cosine_min": round(float(cos.min()), 5)}
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from query import checkpoint
+
+    from indexer.feed import cpu_cores, thread_budget
+    from mmsearch.encoder import Encoder
+    from mmsearch.imagefeed import TorchFeed
+
+    workdir = args.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    weights = checkpoint(workdir)
+    big = corpus(workdir, "12mp", args.n, args.distinct)
+    small = corpus(workdir, "2mp", args.n2mp, args.distinct) if args.n2mp else None
+    cores = cpu_cores()
+    budget = thread_budget(cores=cores)
+
+    encoder = Encoder.load(MODEL, pretrained=str(weights), device=args.device)
+    feed = TorchFeed(encoder)
+    feed.use_threads(budget.model_threads if feed.on_cpu else None)
+    batch = 64 if feed.on_cpu else 256
+    results: dict[str, Any] = {
+        "machine": {
+            "cores": cores,
+            "cpu": platform.processor() or platform.machine(),
+            "device": str(encoder.device),
+            "lanes": feed.lanes,
+            "gpu_jpeg": feed.gpu_jpeg,
+            "dtype": str(feed.dtype).replace("torch.", ""),
+        },
+        "model": f"{MODEL} (random weights, safetensors checkpoint)",
+        "budget": budget.__dict__,
+        "corpus": {"12mp": corpus_info(big), **({"2mp": corpus_info(small)} if small else {})},
+        "uptime_start": _uptime(),
+    }
+    print("model only…", file=sys.stderr)
+    results["model_only_before"] = model_only(feed, args.model_images, batch)
+    print("decode costs…", file=sys.stderr)
+    results["decode_12mp"] = decode_costs(feed, big, min(args.n, 24))
+    if small is not None:
+        results["decode_2mp"] = decode_costs(feed, small, min(args.n2mp, 24))
+    if args.device.startswith("cuda") or args.agreement:
+        results["agreement_device_vs_pillow"] = agreement(feed, small or big, 16)
+    feed.close()
+
+    # Warm-up: a first run exports the model into the shared cache (once).
+    warm = corpus(workdir, "2mp", 4, None)
+    end_to_end(warm, workdir, weights, args.device, {})
+    e2e: dict[str, Any] = {}
+    for name, folder, env, cold in [
+        ("12mp_warm", big, {}, False),
+        ("12mp_cold", big, {}, True),
+        ("12mp_overlap", big, {"MMSEARCH_DECODE_SCHEDULE": "overlap"}, False),
+        *([("2mp_warm", small, {}, False)] if small is not None else []),
+    ]:
+        if name == "12mp_overlap" and not args.variants:
+            continue
+        print(f"end to end: {name}…", file=sys.stderr)
+        how = drop_cache(folder) if cold else "warm (read once before)"
+        if not cold:
+            for p in folder.iterdir():  # into the page cache
+                p.read_bytes()
+        e2e[name] = {**end_to_end(folder, workdir, weights, args.device, env), "cache": how}
+    results["end_to_end"] = e2e
+    feed = TorchFeed(encoder)
+    feed.use_threads(budget.model_threads if feed.on_cpu else None)
+    results["model_only_after"] = model_only(feed, args.model_images, batch)
+    feed.close()
+    results["uptime_end"] = _uptime()
+    results["summary"] = summarise(results, cores)
+    return results
+
+
+def summarise(r: dict[str, Any], cores: int) -> dict[str, Any]:
+    model = (r["model_only_before"]["images_per_s"] + r["model_only_after"]["images_per_s"]) / 2
+    out: dict[str, Any] = {"model_only_images_per_s": round(model, 2)}
+    for name, e in r["end_to_end"].items():
+        out[f"ratio_{name}"] = round(e["images_per_s"] / model, 3)
+    d = r["decode_12mp"]
+    if r["machine"]["device"] == "cpu":
+        # CPU time, not wall time: on a shared machine the wall time counts waiting too.
+        model_core_ms = (
+            r["model_only_before"]["cpu_ms_per_image"] + r["model_only_after"]["cpu_ms_per_image"]
+        ) / 2
+        out["model_core_ms"] = round(model_core_ms, 1)
+        out["decode_core_ms_12mp"] = d["total_core_ms"]
+        out["ceiling_ratio"] = round(model_core_ms / (model_core_ms + d["total_core_ms"]), 3)
+        out["ceiling_images_per_s"] = round(out["ceiling_ratio"] * model, 2)
+    out["decode_only_images_per_s_12mp"] = round(cores * 1000 / d["total_core_ms"], 2)
+    return out
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return f"load average: {os.getloadavg()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=96, help="12 MP JPEGs")
+    parser.add_argument("--n2mp", type=int, default=96, help="2 MP JPEGs (0: none)")
+    parser.add_argument("--distinct", type=int, help="different pictures (rest: copies)")
+    parser.add_argument("--model-images", type=int, default=128, help="images per model-only run")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda")
+    parser.add_argument("--no-variants", dest="variants", action="store_false",
+                        help="leave out the overlap-schedule run")  # fmt: skip
+    parser.add_argument("--agreement", action="store_true", help="device vs Pillow cosine")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ibench")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    results = run(args)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

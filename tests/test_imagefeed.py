@@ -1,0 +1,246 @@
+"""The indexer's encoding step: the device (GPU) decoding path run on the CPU, the thread
+budget, one read per file, and batches that do not wait for a slow file."""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, noise_image
+from PIL import Image, ImageDraw, ImageOps
+
+import mmsearch.media
+from indexer import pipeline
+from indexer.feed import thread_budget
+from indexer.pipeline import index_images
+from mmsearch.encoder import Encoder
+from mmsearch.errors import InputError, InvalidValueError
+from mmsearch.imagefeed import JpegBytes, TorchFeed, upright
+from mmsearch.media import load_image, read_file
+
+#: Lowest cosine between an image's embedding through the device path (torchvision decode at
+#: full size, torch resize) and through Pillow (reduced-size JPEG decoding, Pillow resize),
+#: tiny model. Measured: 0.99977 at worst (a 333×500 photo, whose reduced-size decode
+#: rounds its aspect ratio: the crop moves by a pixel), the others ≥ 0.99999.
+COSINE_TOLERANCE = 0.999
+
+
+def photo(seed: int, size: tuple[int, int]) -> Image.Image:
+    """A smooth picture with a few shapes (what photos look like to a resize filter)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    for _ in range(4):
+        x, y = rng.integers(0, size[0]), rng.integers(0, size[1])
+        r = int(rng.integers(min(size) // 10, min(size) // 3))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+    return img
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Encoder:
+    return Encoder.load(TINY, device="cpu")
+
+
+@pytest.fixture
+def jpegs(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "jpegs"
+    root.mkdir()
+    paths = []
+    for i, size in enumerate([(640, 480), (480, 640), (1200, 900), (333, 500), (64, 48)]):
+        paths.append(root / f"{i}.jpg")
+        photo(i, size).save(paths[-1], quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise
+    exif[0x0132] = "2021:05:04 03:02:01"
+    photo(10, (600, 300)).save(root / "rotated.jpg", quality=90, exif=exif.tobytes())
+    photo(11, (400, 300)).convert("L").save(root / "grey.jpg", quality=90)
+    return [*paths, root / "rotated.jpg", root / "grey.jpg"]
+
+
+def _prepare(feed: TorchFeed, paths: list[Path]) -> list[Any]:
+    return [feed.prepare(str(p), read_file(p)) for p in paths]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_upright_turns_like_pillow(orientation):
+    arr = np.arange(5 * 3 * 3, dtype=np.uint8).reshape(3, 5, 3)  # 5 wide, 3 high, no symmetry
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    img.info["exif"] = exif.tobytes()
+    expected = np.asarray(ImageOps.exif_transpose(img))
+    got = upright(torch.from_numpy(arr).permute(2, 0, 1), orientation).permute(1, 2, 0).numpy()
+    assert np.array_equal(got, expected)
+
+
+def test_device_path_embeds_like_the_pillow_path(tiny, jpegs):
+    pillow, device = TorchFeed(tiny, gpu_jpeg=False), TorchFeed(tiny, gpu_jpeg=True)
+    assert not pillow.gpu_jpeg and device.gpu_jpeg and device.on_cpu
+    a, b = _prepare(pillow, jpegs), _prepare(device, jpegs)
+    assert all(isinstance(p.payload, JpegBytes) for p in b)  # left undecoded for the device
+    assert [(p.width, p.height, p.taken) for p in a] == [(p.width, p.height, p.taken) for p in b]
+    assert (b[5].width, b[5].height) == (300, 600) and b[5].taken is not None
+    ea, eb = pillow.encode(a), device.encode(b)
+    assert ea.failed == eb.failed == {}
+    cosines = (ea.vectors * eb.vectors).sum(axis=1)
+    assert cosines.min() >= COSINE_TOLERANCE, cosines
+    # Different images stay different: the agreement is not the model ignoring its input.
+    assert (ea.vectors[0] * eb.vectors[1]).sum() < cosines.min()
+
+
+def test_device_path_leaves_other_files_to_pillow_and_keeps_its_verdicts(tiny, tmp_path, jpegs):
+    feed = TorchFeed(tiny, gpu_jpeg=True)
+    noise_image(1).save(tmp_path / "a.png")
+    Image.new("CMYK", (80, 60), (0, 50, 100, 0)).save(tmp_path / "cmyk.jpg")
+    cut = jpegs[2].read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(cut[: len(cut) // 2])  # truncated: no end marker
+    # A complete-looking file whose entropy-coded data is garbage.
+    (tmp_path / "bad.jpg").write_bytes(cut[:700] + bytes(range(256)) * 8 + b"\xff\xd9")
+    png, cmyk = _prepare(feed, [tmp_path / "a.png", tmp_path / "cmyk.jpg"])
+    assert isinstance(png.payload, torch.Tensor) and isinstance(cmyk.payload, torch.Tensor)
+    with pytest.raises(InputError) as device_error:
+        feed.prepare(str(tmp_path / "cut.jpg"), read_file(tmp_path / "cut.jpg"))
+    with pytest.raises(InputError) as pillow_error:
+        load_image(tmp_path / "cut.jpg")
+    assert device_error.value.reason == pillow_error.value.reason
+
+    good, bad = _prepare(feed, [jpegs[0], tmp_path / "bad.jpg"])
+    result = feed.encode([good, bad, png])  # one bad file must not fail the batch
+    try:
+        load_image(tmp_path / "bad.jpg")
+    except InputError as exc:  # Pillow refuses it: so does the device path, for the reason
+        assert result.failed[1].reason == exc.reason and len(result.vectors) == 2
+    else:
+        assert result.failed == {} and len(result.vectors) == 3
+
+
+def test_index_through_the_device_path_on_two_lanes_indexes_the_same(
+    tiny, jpegs, tmp_path, monkeypatch
+):
+    from mmsearch.catalog import Catalog
+
+    folder = jpegs[0].parent
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    (folder / "empty.jpg").write_bytes(b"")
+
+    def run(name: str) -> tuple[Any, dict[str, Any]]:
+        with Catalog(tmp_path / name / "catalog.sqlite") as catalog:
+            summary = index_images(catalog, [folder], lambda: tiny, batch_size=3)
+            rows = {Path(r.path).name: r for r in catalog.image_files()}
+            vectors = catalog.embeddings_by_hash("image", [r.content_hash for r in rows.values()])
+        return summary, {n: (r.width, r.height, vectors[r.content_hash]) for n, r in rows.items()}
+
+    pillow_summary, pillow_rows = run("pillow")
+    feeds: list[TorchFeed] = []
+
+    def device_feed(encoder: Any) -> TorchFeed:
+        feeds.append(TorchFeed(encoder, devices=["cpu", "cpu"], gpu_jpeg=True))
+        return feeds[-1]
+
+    monkeypatch.setattr(pipeline, "feed_for", device_feed)
+    device_summary, device_rows = run("device")
+    assert feeds and feeds[0].lanes == 2
+    assert device_summary.to_dict()["skipped"] == pillow_summary.to_dict()["skipped"]
+    assert {s.path for s in device_summary.skipped} == {
+        str(folder / "broken.jpg"),
+        str(folder / "empty.jpg"),
+    }
+    assert device_summary.added == pillow_summary.added == len(jpegs)
+    assert device_rows.keys() == pillow_rows.keys()
+    for name, (w, h, vec) in device_rows.items():
+        pw, ph, pvec = pillow_rows[name]
+        assert (w, h) == (pw, ph)
+        cosine = float(np.frombuffer(vec, "<f2").astype(np.float32) @ np.frombuffer(pvec, "<f2"))
+        assert cosine >= COSINE_TOLERANCE, (name, cosine)
+
+
+def test_thread_budget_shares_the_cores(monkeypatch):
+    monkeypatch.delenv("MMSEARCH_DECODE_SCHEDULE", raising=False)
+    two = thread_budget(cores=2)
+    assert (two.decoders, two.model_threads, two.alternate) == (2, 2, True)
+    overlap = thread_budget(cores=2, schedule="overlap")
+    assert (overlap.decoders, overlap.model_threads, overlap.alternate) == (1, 1, False)
+    big = thread_budget(cores=16, schedule="overlap")
+    assert big.decoders + big.model_threads == 16 and big.decoders >= 1
+    assert thread_budget(cores=2, workers=3).decoders == 3
+    monkeypatch.setenv("MMSEARCH_DECODE_SCHEDULE", "overlap")
+    assert not thread_budget(cores=4).alternate
+    with pytest.raises(InvalidValueError):
+        thread_budget(cores=2, schedule="sometimes")
+
+
+class _MeanEncoder:
+    """A model-free encoder (its embedding of an image is its mean colour)."""
+
+    image_size = 16
+    context_length = 5
+
+    def __init__(self) -> None:
+        self.encoded = 0
+        self.lock = threading.Lock()
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return np.asarray(image.convert("RGB"), dtype=np.float32).mean(axis=(0, 1))
+
+    def encode_image_tensors(self, batch: Any) -> np.ndarray:
+        with self.lock:
+            self.encoded += len(batch)
+        x = np.concatenate([np.stack(list(batch)), np.ones((len(batch), 1), np.float32)], 1)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def record(self) -> dict[str, Any]:
+        return {"model": "mean", "identity": "mean", "display": "mean", "dim": 4}
+
+
+def test_each_file_is_opened_once(catalog, tmp_path, monkeypatch):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(6):
+        noise_image(i).save(folder / f"{i}.jpg")
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def spy(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(file).startswith(str(folder)):
+            opened.append(Path(file).name)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    summary = index_images(catalog, [folder], _MeanEncoder, batch_size=4)
+    assert summary.added == 6
+    assert sorted(opened) == sorted(f"{i}.jpg" for i in range(6))  # hashed and decoded once
+
+
+def test_a_slow_file_does_not_hold_up_the_others(catalog, tmp_path, monkeypatch):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(7):
+        noise_image(i).save(folder / f"{i}.png")
+    encoder = _MeanEncoder()
+    others_encoded = threading.Event()
+    real_load = mmsearch.media.load_image
+
+    def load(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(path).name == "0.png":  # the first in scan order decodes last
+            others_encoded.wait(timeout=30)
+        return real_load(path, *args, **kwargs)
+
+    def encode(batch: Any) -> np.ndarray:
+        out = _MeanEncoder.encode_image_tensors(encoder, batch)
+        if encoder.encoded >= 6:
+            others_encoded.set()
+        return out
+
+    monkeypatch.setattr(mmsearch.media, "load_image", load)
+    monkeypatch.setattr(encoder, "encode_image_tensors", encode)
+    summary = index_images(catalog, [folder], lambda: encoder, batch_size=2, workers=2)
+    # In input order, the six others would have waited behind 0.png (until the timeout).
+    assert others_encoded.is_set() and summary.added == 7
