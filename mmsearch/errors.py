@@ -178,3 +178,14 @@ class IndexBusyError(MMSearchError):
             f"another mmsearch process ({who}) is writing the index at {path}; "
             "try again when it is done (or leave out --no-wait to wait for it)"
         )
+
+
+class SessionNotFoundError(QueryError):
+    """No search session of the given name is stored in the index."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"no search session named {name!r} (start one with `mmsearch query TEXT "
+            f"--session {name}`; `mmsearch session list` lists them)"
+        )

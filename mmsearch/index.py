@@ -42,6 +42,7 @@ from .lock import WriterLock
 from .media import content_hash, draft_size, load_image
 from .models import ModelSpec, model_record, resolve_model, spec_from_record
 from .query import Filters, Query, Term
+from .refine import Session, SessionInfo, check_name, session_info
 from .results import (
     CheckProblem,
     CheckReport,
@@ -862,6 +863,56 @@ class Index:
                 Skipped(r.path, r.reason, remembered=True) for r in self.catalog.skipped_files()
             ],
         )
+
+    # -- search sessions (relevance feedback over turns; see mmsearch.refine) ------------
+
+    def session(self, name: str) -> Session:
+        """The search session ``name`` (stored in the catalog): start it with
+        ``.query(...)``, continue it with ``.refine(more=..., less=..., text=...)``."""
+        return Session(name, self.catalog, self)
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every stored session, most recently used first."""
+        return [session_info(r) for r in self.catalog.list_sessions()]
+
+    def drop_session(self, name: str) -> bool:
+        """Delete session ``name``; returns whether it existed."""
+        return self.catalog.drop_session(check_name(name))
+
+    def session_model(self) -> str:
+        info = self.model_info
+        if info is None:
+            raise QueryError("the index is empty: index something before starting a session")
+        return str(info["identity"])
+
+    def session_query_vector(self, query: Query) -> tuple[np.ndarray, set[int]]:
+        self.session_model()
+        self._check_search(None, 1)
+        vectors, exclude, _ = self._term_vectors(query.terms)
+        return combine(vectors, [t.weight for t in query.terms]), exclude
+
+    def session_text_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode_query("text", list(texts))
+
+    def session_item_vectors(self, ids: Sequence[int]) -> np.ndarray:
+        return np.stack([self._item_vector(int(i))[0] for i in ids])
+
+    def session_file_vector(self, path: Path) -> np.ndarray:
+        return self._image_file_vector(path)[0]
+
+    def session_search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        target: str,
+        exclude: set[int],
+        filters: Filters,
+        query_modality: str,
+    ) -> list[Hit]:
+        target, ready = self._check_search(target, k)
+        if not ready:
+            return []
+        return self._search_vector(vector, k, target, exclude, None, query_modality, filters)
 
 
 def _merge(own: Filters, extra: Filters | None) -> Filters:
