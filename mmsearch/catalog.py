@@ -884,7 +884,7 @@ class Catalog:
         """Every session, most recently used first."""
         counts = select(SessionTurn.session, func.count().label("n")).group_by(SessionTurn.session)
         with self.session() as s:
-            found = dict(s.execute(counts).tuples().all())
+            found = {name: n for name, n in s.execute(counts)}
             rows = s.scalars(select(SearchSession).order_by(SearchSession.updated.desc()))
             return [_session_record(r, int(found.get(r.name, 0))) for r in rows]
 
