@@ -234,3 +234,73 @@ def test_session_errors(index_dir: Path) -> None:
             s.refine(less=["/nonexistent/picture.png"])
         assert len(s.turns) == 1  # refused turns leave nothing behind
         s.drop()
+
+
+# -- the command line --------------------------------------------------------------------
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    from click.testing import CliRunner
+
+    from mmsearch.cli import cli
+
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_cli_session_end_to_end(index_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    from conftest import noise_image
+
+    from mmsearch.status import ExitStatus
+
+    idx = ("--index", str(index_dir))
+    code, out, err = _cli(
+        "query", "a green triangle", "--session", "cli", "-k", "5", "--json", *idx
+    )
+    assert code == 0, err
+    started = json.loads(out)
+    assert started["session"] == "cli" and len(started["hits"]) == 5
+    ids = [h["id"] for h in started["hits"]]
+    picture = tmp_path / "p.png"
+    noise_image(3, size=(64, 64)).save(picture)
+    code, out, err = _cli(
+        "refine", "cli", "--more", f"{ids[0]},{ids[1]}", "--more", str(picture),
+        "--less", str(ids[2]), "--text", "on a dark background", "--json", *idx,
+    )  # fmt: skip
+    assert code == 0, err
+    refined = json.loads(out)
+    assert refined["turn"] == 1 and len(refined["hits"]) == 5
+    assert not {h["id"] for h in refined["hits"]} & set(ids[:3])  # marked: not shown again
+    code, out, _ = _cli("refine", "cli", "--less", f"id:{ids[3]}", *idx)  # plain lines
+    assert code == 0 and len(out.splitlines()) == 5 and "\t" in out.splitlines()[0]
+    code, out, _ = _cli("session", "list", *idx)
+    assert code == 0 and out.startswith("cli\t3 turns\t")
+    code, out, _ = _cli("session", "show", "cli", "--json", *idx)
+    shown = json.loads(out)
+    assert [t["seq"] for t in shown["turns"]] == [0, 1, 2]
+    assert shown["turns"][0]["query"]["terms"][0]["value"] == "a green triangle"
+    assert shown["turns"][1]["more"] == ids[:2] and shown["turns"][1]["less"] == [ids[2]]
+    assert shown["turns"][1]["more_files"] == [str(picture)]
+    assert shown["turns"][1]["text"] == "on a dark background"
+    assert shown["turns"][0]["shown"] == ids
+    code, out, _ = _cli("session", "show", "cli", *idx)
+    assert code == 0 and "query text:a green triangle" in out and f"more {ids[0]},{ids[1]}," in out
+    # Errors: unknown session, unknown id, no feedback; each one line, its own status.
+    code, _, err = _cli("refine", "nobody", "--more", "1", *idx)
+    assert code == ExitStatus.INPUT and "no search session named 'nobody'" in err
+    code, _, err = _cli("refine", "cli", "--more", "999999", *idx)
+    assert code == ExitStatus.INPUT and "no item with id 999999" in err
+    code, _, err = _cli("refine", "cli", *idx)
+    assert code == ExitStatus.USAGE
+    code, _, err = _cli("refine", "cli", "--more", "id:x", *idx)
+    assert code == ExitStatus.USAGE and "not an item id" in err
+    code, _, err = _cli("query", "a dog", "--session", "no/slash", *idx)
+    assert code == ExitStatus.INPUT and "cannot name a session" in err
+    code, out, _ = _cli("session", "drop", "cli", *idx)
+    assert code == 0 and out == "dropped session cli\n"
+    code, _, err = _cli("session", "drop", "cli", *idx)
+    assert code == ExitStatus.INPUT and "no search session named 'cli'" in err
+    code, out, _ = _cli("session", "list", "--json", *idx)
+    assert code == 0 and json.loads(out) == []
