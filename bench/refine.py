@@ -16,6 +16,10 @@ and success (at least one of them has it), averaged over the captions, with feed
 without (the same query each round: what it shows never changes), plus the ranks 10r+1 …
 10r+10 of the plain query (what scrolling shows instead of giving feedback).
 
+``--text-grid`` measures follow-up texts: a single or count caption without its colour
+as the query ("two circles"), then the colour ("red") as the next turn's text, for text
+weights δ of 0.5, 1 and 2 (see :func:`text_followup`).
+
 ``--grid`` runs the simulation for a grid of (β, γ) with α = δ = 1 and prints precision@10
 after 3 rounds for each: how the defaults of :class:`mmsearch.refine.RocchioWeights` were
 chosen (on a corpus of another ``--seed`` than the reported run).
@@ -34,10 +38,9 @@ import random
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -101,8 +104,7 @@ def make_corpus(
     return out / "pairs.csv"
 
 
-@dataclass
-class Corpus:
+class Corpus(NamedTuple):
     """An indexed corpus: the index directory, each item's caption, the targets."""
 
     index_dir: Path
@@ -200,6 +202,40 @@ def grid(index: Any, corpus: Corpus, rounds: int, k: int) -> list[dict[str, Any]
     return rows
 
 
+def text_followup(
+    index: Any, corpus: Corpus, weights: Sequence[float], k: int = 10
+) -> dict[str, Any]:
+    """A follow-up text instead of marks: start with a single or count caption without its
+    colour ("two circles"), then say the colour ("red") as the next turn's text. Returns
+    precision@10 of the partial query, of the turn after the follow-up for each text weight
+    δ, and of the full caption as a query (the reference)."""
+    ms = load_make_shapes()
+    targets = [c for c in corpus.targets if " left of " not in c and " above " not in c]
+    rows: dict[str, list[float]] = {"partial": [], "full": []}
+    for caption in targets:
+        group = ms.parse_caption(caption).groups[0]
+        plural = "" if group.count == 1 else "s"
+        partial = f"{ms.NUMBERS[group.count]} {group.shape}{plural}"
+
+        def precision(hits: list[Any], caption: str = caption) -> float:
+            return sum(corpus.caption_of[h.id] == caption for h in hits) / k
+
+        rows["full"].append(precision(index.search(caption, k=k)))
+        for delta in weights:
+            session = index.session("bench-text")
+            hits = session.query(partial, k=k, weights=RocchioWeights(text=delta))
+            if delta == weights[0]:
+                rows["partial"].append(precision(hits))
+            rows.setdefault(f"followup_text_weight_{delta:g}", []).append(
+                precision(session.refine(text=group.colour))
+            )
+            session.drop()
+    return {
+        "captions": len(targets),
+        **{name: round(sum(v) / len(v), 4) for name, v in rows.items()},
+    }
+
+
 def run_refine(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("MMSEARCH_CACHE", str(args.work / "cache"))
     t0 = time.perf_counter()
@@ -230,6 +266,9 @@ def run_refine(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         out["result"] = simulate(index, corpus, args.rounds, args.k, weights)
         out["simulate_seconds"] = round(time.perf_counter() - t0, 1)
+        if args.text_grid:
+            out["text_followup"] = text_followup(index, corpus, (0.5, 1.0, 2.0), args.k)
+            print("follow-up text:", json.dumps(out["text_followup"]))
     out["load"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print_table(out["result"])
     return out
@@ -264,6 +303,8 @@ def add_refine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gamma", type=float, default=defaults.gamma)
     p.add_argument("--text-weight", type=float, default=defaults.text)
     p.add_argument("--grid", action="store_true", help="also measure a grid of (beta, gamma)")
+    p.add_argument("--text-grid", action="store_true",
+                   help="also measure follow-up texts for text weights 0.5, 1, 2")  # fmt: skip
     p.add_argument("--json", type=Path, help="write the results here")
 
 
