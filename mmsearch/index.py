@@ -869,7 +869,7 @@ class Index:
     def session(self, name: str) -> Session:
         """The search session ``name`` (stored in the catalog): start it with
         ``.query(...)``, continue it with ``.refine(more=..., less=..., text=...)``."""
-        return Session(name, self.catalog, self)
+        return Session(name, self.catalog, _SessionEngine(self))
 
     def sessions(self) -> list[SessionInfo]:
         """Every stored session, most recently used first."""
@@ -879,26 +879,38 @@ class Index:
         """Delete session ``name``; returns whether it existed."""
         return self.catalog.drop_session(check_name(name))
 
+
+class _SessionEngine:
+    """What a :class:`~mmsearch.refine.Session` needs from the index (see
+    :class:`~mmsearch.refine.SessionEngine`), kept off the Index's own surface."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+
+    @property
+    def dim(self) -> int:
+        return self._index.dim
+
     def session_model(self) -> str:
-        info = self.model_info
+        info = self._index.model_info
         if info is None:
             raise QueryError("the index is empty: index something before starting a session")
         return str(info["identity"])
 
     def session_query_vector(self, query: Query) -> tuple[np.ndarray, set[int]]:
         self.session_model()
-        self._check_search(None, 1)
-        vectors, exclude, _ = self._term_vectors(query.terms)
+        self._index._check_search(None, 1)
+        vectors, exclude, _ = self._index._term_vectors(query.terms)
         return combine(vectors, [t.weight for t in query.terms]), exclude
 
     def session_text_vectors(self, texts: Sequence[str]) -> np.ndarray:
-        return self._encode_query("text", list(texts))
+        return self._index._encode_query("text", list(texts))
 
-    def session_item_vectors(self, ids: Sequence[int]) -> np.ndarray:
-        return np.stack([self._item_vector(int(i))[0] for i in ids])
+    def session_item_vectors(self, ids: Sequence[int]) -> tuple[list[int], np.ndarray]:
+        return self._index.catalog.embeddings(ids, self.dim)
 
     def session_file_vector(self, path: Path) -> np.ndarray:
-        return self._image_file_vector(path)[0]
+        return self._index._image_file_vector(path)[0]
 
     def session_search(
         self,
@@ -909,10 +921,10 @@ class Index:
         filters: Filters,
         query_modality: str,
     ) -> list[Hit]:
-        target, ready = self._check_search(target, k)
+        target, ready = self._index._check_search(target, k)
         if not ready:
             return []
-        return self._search_vector(vector, k, target, exclude, None, query_modality, filters)
+        return self._index._search_vector(vector, k, target, exclude, None, query_modality, filters)
 
 
 def _merge(own: Filters, extra: Filters | None) -> Filters:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .catalog import Catalog, ExampleFile, SessionRecord, TurnRecord
-from .errors import InvalidValueError, QueryError, SessionNotFoundError
+from .errors import InvalidValueError, ItemNotFoundError, QueryError, SessionNotFoundError
 from .query import Filters, Query, Term
 from .results import Hit
 
@@ -175,8 +175,8 @@ class SessionEngine(Protocol):
 
     def session_text_vectors(self, texts: Sequence[str]) -> np.ndarray: ...
 
-    def session_item_vectors(self, ids: Sequence[int]) -> np.ndarray:
-        """Stored vectors of items (raises ItemNotFoundError for a missing one)."""
+    def session_item_vectors(self, ids: Sequence[int]) -> tuple[list[int], np.ndarray]:
+        """Stored vectors of the items of ``ids`` that exist: (their ids, the vectors)."""
         ...
 
     def session_file_vector(self, path: Path) -> np.ndarray: ...
@@ -489,13 +489,11 @@ class Session:
     def _stored(self, ids: Sequence[int]) -> list[np.ndarray]:
         """Stored vectors of marked items; an item removed from the index since it was
         marked drops out of the feedback (with a note in the log)."""
-        out = []
-        for i in ids:
-            try:
-                out.append(self._engine.session_item_vectors([i])[0])
-            except QueryError:
-                logger.info("session %s: item %d is gone; its mark is ignored", self.name, i)
-        return out
+        found, vectors = self._engine.session_item_vectors(ids)
+        if len(found) < len(ids):
+            gone = sorted(set(ids) - set(found))
+            logger.info("session %s: items %s are gone; their marks are ignored", self.name, gone)
+        return list(vectors)
 
     def _examples(self, given: Sequence[Example]) -> tuple[list[int], list[ExampleFile]]:
         ids: list[int] = []
@@ -504,11 +502,14 @@ class Session:
             if isinstance(example, bool):
                 raise QueryError(f"not an item id or image file: {example!r}")
             if isinstance(example, int | np.integer):
-                self._engine.session_item_vectors([int(example)])  # ItemNotFoundError
                 ids.append(int(example))
                 continue
             path = Path(os.path.abspath(Path(example).expanduser()))
             files.append(ExampleFile(str(path), self._engine.session_file_vector(path)))
+        found = set(self._engine.session_item_vectors(ids)[0])
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise ItemNotFoundError(missing[0])
         return ids, files
 
     def _check_model(self) -> None:
