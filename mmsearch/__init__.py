@@ -22,6 +22,7 @@ from .errors import (
     ModelError,
     ModelMismatchError,
     QueryError,
+    SessionNotFoundError,
     WeightsUnavailableError,
 )
 from .query import Filters, Query, Term
@@ -65,6 +66,7 @@ __all__ = [
     "RocchioWeights",
     "RunSummary",
     "Session",
+    "SessionNotFoundError",
     "Skipped",
     "Term",
     "WeightsUnavailableError",

@@ -55,7 +55,7 @@ class RocchioWeights:
     """
 
     alpha: float = 1.0
-    beta: float = 1.0
+    beta: float = 0.5
     gamma: float = 0.25
     text: float = 1.0
 
