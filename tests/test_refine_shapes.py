@@ -35,7 +35,7 @@ def test_feedback_lifts_precision_on_shapes(
     monkeypatch.setenv("MMSEARCH_QUERY_RUNTIME", "torch")
     bench = load_bench()
     model_dir, _, _ = shapes_model
-    corpus = bench.build(tmp_path, model_dir, captions=50, per_caption=20, distractors=0, seed=3)
+    corpus = bench.build(tmp_path, model_dir, captions=50, per_caption=40, distractors=0, seed=3)
     with mmsearch.Index.open(corpus.index_dir) as index:
         result = bench.simulate(index, corpus, rounds=3, k=10)
     precision = result["precision_feedback"]
