@@ -167,7 +167,7 @@ def simulate(
         )
     }
     for n, caption in enumerate(chosen):
-        session = index.session(f"bench-{n}")
+        session = index.session(f"bench-{os.getpid()}-{n}")  # unique: runs may share an index
         typed = vague(caption) if start == "vague" else caption
         hits = session.query(typed, k=k, weights=weights)
         first = hits
@@ -245,7 +245,7 @@ def text_followup(
 
         rows["full"].append(precision(index.search(caption, k=k)))
         for delta in weights:
-            session = index.session("bench-text")
+            session = index.session(f"bench-text-{os.getpid()}")
             hits = session.query(partial, k=k, weights=RocchioWeights(text=delta))
             if delta == weights[0]:
                 rows["partial"].append(precision(hits))
