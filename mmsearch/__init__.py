@@ -22,6 +22,7 @@ from .errors import (
     ModelError,
     ModelMismatchError,
     QueryError,
+    SessionNotFoundError,
     WeightsUnavailableError,
 )
 from .query import Filters, Query, Term
@@ -29,6 +30,7 @@ from .results import Hit, IndexInfo, RunSummary, Skipped
 
 if TYPE_CHECKING:
     from .index import Index
+    from .refine import RocchioWeights, Session
 
 __version__ = "0.1.0"
 
@@ -40,6 +42,10 @@ def __getattr__(name: str) -> Any:
         from .index import Index
 
         return Index
+    if name in ("Session", "RocchioWeights"):  # the catalog (SQLAlchemy): lazily, as Index
+        from . import refine
+
+        return getattr(refine, name)
     raise AttributeError(f"module 'mmsearch' has no attribute {name!r}")
 
 
@@ -57,7 +63,10 @@ __all__ = [
     "ModelMismatchError",
     "Query",
     "QueryError",
+    "RocchioWeights",
     "RunSummary",
+    "Session",
+    "SessionNotFoundError",
     "Skipped",
     "Term",
     "WeightsUnavailableError",

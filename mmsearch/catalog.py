@@ -15,6 +15,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ from .errors import (
     IndexCorruptError,
     IndexNotFoundError,
     ModelMismatchError,
+    SessionNotFoundError,
     StorageError,
 )
 from .query import Filters
@@ -67,7 +69,7 @@ from .query import Filters
 logger = logging.getLogger(__name__)
 
 #: Version of the schema this code writes. Bump it and add a migration when it changes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class FsText(TypeDecorator[str]):
@@ -152,6 +154,102 @@ class SkippedFile(Base):
     reason: Mapped[str] = mapped_column(Text)
 
 
+class SearchSession(Base):
+    """A named search session (v3): what its turns are searched with and against."""
+
+    __tablename__ = "search_sessions"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    created: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float)
+    model: Mapped[str] = mapped_column(Text)  # identity of the model its vectors come from
+    target: Mapped[str] = mapped_column(String(8))  # "image" | "text"
+    settings: Mapped[str] = mapped_column(Text)  # JSON: Rocchio weights, k
+
+
+class SessionTurn(Base):
+    """One turn of a session (v3): turn 0 holds the starting query, later turns the
+    feedback given (item ids as JSON lists, a follow-up text and its vector)."""
+
+    __tablename__ = "search_session_turns"
+
+    session: Mapped[str] = mapped_column(Text, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created: Mapped[float] = mapped_column(Float)
+    query: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: Query.to_dict()
+    query_vector: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    text_vector: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    more: Mapped[str] = mapped_column(Text, default="[]")
+    less: Mapped[str] = mapped_column(Text, default="[]")
+    shown: Mapped[str] = mapped_column(Text, default="[]")  # ids of the hits shown
+
+
+class SessionFile(Base):
+    """An image file (not an indexed item) given as an example in a turn (v3), with its
+    vector: the file may change or go, the session must not."""
+
+    __tablename__ = "search_session_files"
+
+    session: Mapped[str] = mapped_column(Text, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    role: Mapped[str] = mapped_column(String(8), primary_key=True)  # "more" | "less"
+    path: Mapped[str] = mapped_column(FsText, primary_key=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float16, like items'
+
+
+@dataclass(frozen=True)
+class ExampleFile:
+    """An image file given as a positive or negative example, and its vector."""
+
+    path: str
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """One turn of a search session, as stored.
+
+    Attributes:
+        seq: its place in the session (0: the start).
+        created: when (seconds since the epoch).
+        query: turn 0: the starting query (``Query.to_dict()``: terms and filters).
+        query_vector: turn 0: the starting query's vector.
+        text: a follow-up text ("at night").
+        text_vector: its vector.
+        more: ids of items marked as positives.
+        less: ids of items marked as negatives.
+        more_files: image files given as positives, with their vectors.
+        less_files: image files given as negatives.
+        shown: ids of the hits this turn showed, in order.
+    """
+
+    seq: int
+    created: float
+    query: dict[str, Any] | None = None
+    query_vector: np.ndarray | None = None
+    text: str | None = None
+    text_vector: np.ndarray | None = None
+    more: tuple[int, ...] = ()
+    less: tuple[int, ...] = ()
+    more_files: tuple[ExampleFile, ...] = ()
+    less_files: tuple[ExampleFile, ...] = ()
+    shown: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A stored search session (its turns apart)."""
+
+    name: str
+    created: float
+    updated: float
+    model: str
+    target: str
+    settings: dict[str, Any]
+    turns: int = 0
+
+
 def _v1_to_v2(s: Session) -> None:
     """Capture dates (``items.taken_at``, NULL: back-filled by the next index run) and the
     ``tags`` table (``create_all`` made it already; kept here so the step is complete)."""
@@ -161,8 +259,15 @@ def _v1_to_v2(s: Session) -> None:
     Tag.__table__.create(s.connection(), checkfirst=True)
 
 
+def _v2_to_v3(s: Session) -> None:
+    """Search sessions: three new tables (``create_all`` made them already; kept here so
+    the step is complete)."""
+    for table in (SearchSession, SessionTurn, SessionFile):
+        table.__table__.create(s.connection(), checkfirst=True)  # type: ignore[attr-defined]
+
+
 #: Migrations: version N → N+1, run in order inside one transaction.
-MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def _record(item: Item) -> ItemRecord:
@@ -269,7 +374,8 @@ class Catalog:
         if tables and "meta" not in tables:
             # Another application's database: refuse it rather than write into it.
             raise IndexCorruptError(f"{self.path} is not an mmsearch catalog")
-        Base.metadata.create_all(self.engine)
+        if not self.read_only:  # a read-only catalog answers reads as it is, unmigrated
+            Base.metadata.create_all(self.engine)
         with self.session() as s, s.begin():
             row = s.get(Meta, "schema_version")
             if row is None and tables:
@@ -284,6 +390,9 @@ class Catalog:
                     f"catalog {self.path} has schema version {version}, newer than this "
                     f"mmsearch understands ({SCHEMA_VERSION}): upgrade mmsearch"
                 )
+            if self.read_only and version < SCHEMA_VERSION:
+                logger.info("read-only catalog of schema v%d: not migrated", version)
+                return
             while version < SCHEMA_VERSION:
                 logger.info("migrating catalog schema %d → %d", version, version + 1)
                 MIGRATIONS[version](s)
@@ -602,6 +711,160 @@ class Catalog:
         with self.session() as s:
             rows = s.execute(stmt).all()
         return dict(sorted(((t, int(n)) for t, n in rows), key=lambda r: (-r[1], r[0])))
+
+    # -- search sessions (schema v3) ----------------------------------------------------
+
+    def start_session(self, record: SessionRecord, first: TurnRecord) -> None:
+        """Store a new session with its first turn, replacing any session of that name
+        (its turns and files too) — one transaction."""
+        with self.session() as s, s.begin():
+            _delete_session(s, record.name)
+            s.add(
+                SearchSession(
+                    name=record.name,
+                    created=record.created,
+                    updated=record.updated,
+                    model=record.model,
+                    target=record.target,
+                    settings=json.dumps(record.settings),
+                )
+            )
+            _add_turn(s, record.name, first)
+
+    def add_turn(self, name: str, turn: TurnRecord) -> int:
+        """Append a turn to session ``name``; returns its ``seq`` (``turn.seq`` is ignored:
+        the next one is taken).
+
+        Raises:
+            SessionNotFoundError: no such session.
+        """
+        with self.session() as s, s.begin():
+            row = s.get(SearchSession, name)
+            if row is None:
+                raise SessionNotFoundError(name)
+            last = s.scalar(select(func.max(SessionTurn.seq)).where(SessionTurn.session == name))
+            seq = -1 if last is None else int(last)
+            row.updated = turn.created
+            _add_turn(s, name, _with_seq(turn, seq + 1))
+            return seq + 1
+
+    def set_shown(self, name: str, seq: int, ids: Sequence[int]) -> None:
+        """Record which hits turn ``seq`` of session ``name`` showed."""
+        with self.session() as s, s.begin():
+            s.execute(
+                update(SessionTurn)
+                .where(SessionTurn.session == name, SessionTurn.seq == seq)
+                .values(shown=json.dumps(_int_ids(ids)))
+            )
+
+    def session_record(self, name: str) -> SessionRecord:
+        """Session ``name`` (without its turns).
+
+        Raises:
+            SessionNotFoundError: no such session.
+        """
+        with self.session() as s:
+            row = s.get(SearchSession, name)
+            if row is None:
+                raise SessionNotFoundError(name)
+            count = s.scalar(select(func.count()).where(SessionTurn.session == name))
+            return _session_record(row, int(count or 0))
+
+    def list_sessions(self) -> list[SessionRecord]:
+        """Every session, most recently used first."""
+        counts = select(SessionTurn.session, func.count().label("n")).group_by(SessionTurn.session)
+        with self.session() as s:
+            found = {name: n for name, n in s.execute(counts)}
+            rows = s.scalars(select(SearchSession).order_by(SearchSession.updated.desc()))
+            return [_session_record(r, int(found.get(r.name, 0))) for r in rows]
+
+    def session_turns(self, name: str, dim: int) -> list[TurnRecord]:
+        """The turns of session ``name``, in order, with their vectors (``dim`` wide).
+
+        Raises:
+            SessionNotFoundError: no such session.
+        """
+        with self.session() as s:
+            if s.get(SearchSession, name) is None:
+                raise SessionNotFoundError(name)
+            turns = s.scalars(
+                select(SessionTurn).where(SessionTurn.session == name).order_by(SessionTurn.seq)
+            ).all()
+            files = s.scalars(select(SessionFile).where(SessionFile.session == name)).all()
+            return [_turn_record(t, [f for f in files if f.seq == t.seq], dim) for t in turns]
+
+    def drop_session(self, name: str) -> bool:
+        """Delete session ``name`` with its turns; returns whether it existed."""
+        with self.session() as s, s.begin():
+            return _delete_session(s, name)
+
+
+def _delete_session(s: Session, name: str) -> bool:
+    for table in (SessionFile, SessionTurn):
+        s.execute(delete(table).where(table.session == name))  # type: ignore[attr-defined]
+    return bool(s.execute(delete(SearchSession).where(SearchSession.name == name)).rowcount)
+
+
+def _with_seq(turn: TurnRecord, seq: int) -> TurnRecord:
+    from dataclasses import replace
+
+    return replace(turn, seq=seq)
+
+
+def _add_turn(s: Session, name: str, turn: TurnRecord) -> None:
+    def blob(vector: np.ndarray | None) -> bytes | None:
+        return None if vector is None else to_blob(vector)
+
+    s.add(
+        SessionTurn(
+            session=name,
+            seq=turn.seq,
+            created=turn.created,
+            query=None if turn.query is None else json.dumps(turn.query),
+            query_vector=blob(turn.query_vector),
+            text=turn.text,
+            text_vector=blob(turn.text_vector),
+            more=json.dumps(_int_ids(turn.more)),
+            less=json.dumps(_int_ids(turn.less)),
+            shown=json.dumps(_int_ids(turn.shown)),
+        )
+    )
+    for role, examples in (("more", turn.more_files), ("less", turn.less_files)):
+        for f in examples:
+            s.merge(
+                SessionFile(
+                    session=name, seq=turn.seq, role=role, path=f.path, embedding=to_blob(f.vector)
+                )
+            )
+
+
+def _session_record(row: SearchSession, turns: int) -> SessionRecord:
+    return SessionRecord(
+        row.name, row.created, row.updated, row.model, row.target, json.loads(row.settings), turns
+    )
+
+
+def _turn_record(row: SessionTurn, files: list[SessionFile], dim: int) -> TurnRecord:
+    def vector(blob: bytes | None) -> np.ndarray | None:
+        return None if blob is None else from_blobs([blob], dim)[0]
+
+    def examples(role: str) -> tuple[ExampleFile, ...]:
+        chosen = sorted((f for f in files if f.role == role), key=lambda f: f.path)
+        return tuple(ExampleFile(f.path, from_blobs([f.embedding], dim)[0]) for f in chosen)
+
+    return TurnRecord(
+        seq=row.seq,
+        created=row.created,
+        query=None if row.query is None else json.loads(row.query),
+        query_vector=vector(row.query_vector),
+        text=row.text,
+        text_vector=vector(row.text_vector),
+        more=tuple(json.loads(row.more)),
+        less=tuple(json.loads(row.less)),
+        more_files=examples("more"),
+        less_files=examples("less"),
+        shown=tuple(json.loads(row.shown)),
+    )
 
 
 def _prepare(values: dict[str, Any]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 #: The catalog schema version this reader reads (``mmsearch.catalog.SCHEMA_VERSION``; a
 #: test holds them equal). A catalog of any other version is opened by the ORM instead.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Tables the schema of :data:`SCHEMA_VERSION` has.
 TABLES = frozenset({"items", "meta", "tags", "skipped_files"})
 #: Columns of an :class:`~mmsearch.catalog_base.ItemRecord`, in its field order.

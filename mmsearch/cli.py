@@ -437,6 +437,12 @@ def filter_options(func: F) -> F:
     is_flag=True,
     help="Print only paths (or texts), each ended by a NUL byte, unescaped (for xargs -0).",
 )
+@click.option(
+    "--session",
+    metavar="NAME",
+    help="Start (or restart) the search session NAME with this query; continue it with "
+    "`mmsearch refine NAME`.",
+)
 @filter_options
 @model_options
 @index_option
@@ -460,6 +466,7 @@ def query_cmd(
     device: str | None,
     index_dir: Path | None,
     as_json: bool,
+    session: str | None = None,
     **filter_args: Any,
 ) -> None:
     """Search with TEXT, --image and --add/--sub terms; print one hit per line: score, a
@@ -482,19 +489,24 @@ def query_cmd(
     terms = Query.parse(text, add, sub).terms if (text is not None or add or sub) else ()
     query = Query((main, *terms) if main else terms, _filters(Filters, filter_args))
     with _open(index_dir, model, pretrained, device, create=False, few_queries=True) as index:
-        hits = index.search(
-            query,
-            k=k,
-            target=target,
-            include_self=include_self,
-            nprobe=nprobe,
-            lang=lang,
-            text_encoder=text_encoder,
-        )
+        if session is not None:
+            hits = index.session(session).query(query, k=k, target=target)
+        else:
+            hits = index.search(
+                query,
+                k=k,
+                target=target,
+                include_self=include_self,
+                nprobe=nprobe,
+                lang=lang,
+                text_encoder=text_encoder,
+            )
         texts = " ".join(t.value for t in query.terms if t.kind == "text")
         tower = index.choose_text_encoder(texts, lang, text_encoder) if texts else None
     if as_json:
         out = {"query": query.to_dict(), "hits": [h.to_dict() for h in hits]}
+        if session:
+            out["session"] = session
         click.echo(json.dumps({**out, "text_encoder": tower} if tower else out))
         return
     if print0:
@@ -956,6 +968,147 @@ def eval_cmd(
 
 
 cli.add_command(serve_cmd)
+
+
+# -- search sessions (mmsearch.refine) ----------------------------------------------------------
+
+
+def _examples(values: tuple[str, ...], option: str) -> list[int | str]:
+    """``--more 12,31 --more photo.jpg``: item ids (``12`` or ``id:12``) and image files."""
+    out: list[int | str] = []
+    for value in values:
+        for piece in (p.strip() for p in value.split(",")):
+            if not piece:
+                continue
+            number = piece[3:] if piece.startswith("id:") else piece
+            if number.isdigit():
+                out.append(int(number))
+            elif piece.startswith("id:"):
+                raise click.BadParameter(f"{piece!r} is not an item id", param_hint=option)
+            else:
+                out.append(piece)
+    return out
+
+
+def _print_hits(hits: list[Any], as_json: bool, paths_only: bool, extra: dict[str, Any]) -> None:
+    if as_json:
+        click.echo(json.dumps({**extra, "hits": [h.to_dict() for h in hits]}))
+        return
+    for hit in hits:
+        label = " ".join(hit.label.split()) if hit.text is not None else hit.label
+        click.echo(escape(label) if paths_only else f"{hit.score:.3f}\t{escape(label)}")
+
+
+@cli.command("refine")
+@click.argument("name")
+@click.option("--more", multiple=True, metavar="IDS|IMAGE",
+              help="Items like what you want: ids (12,31) as `query --json` prints them, or "
+              "image files. Repeatable.")  # fmt: skip
+@click.option("--less", multiple=True, metavar="IDS|IMAGE",
+              help="Items unlike what you want (ids or image files). Repeatable.")  # fmt: skip
+@click.option("--text", help='A follow-up text added to the query, e.g. "at night".')
+@click.option("-k", "--top", "k", type=click.IntRange(1), help="Hits [default: the session's].")
+@click.option("--show-marked", is_flag=True, help="Show items marked in earlier turns too.")
+@click.option("--paths-only", is_flag=True, help="Print only paths (or texts), one per line.")
+@index_option
+@json_option
+@handle_errors
+def refine_cmd(
+    name: str,
+    more: tuple[str, ...],
+    less: tuple[str, ...],
+    text: str | None,
+    k: int | None,
+    show_marked: bool,
+    paths_only: bool,
+    index_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Continue the search session NAME: more like some hits, less like others, and/or a
+    follow-up text. Prints the next hits like `query` (items marked in any turn are not
+    shown again unless --show-marked)."""
+    positives, negatives = _examples(more, "--more"), _examples(less, "--less")
+    if not positives and not negatives and not (text and text.strip()):
+        raise click.UsageError("give --more, --less or --text")
+    with _open(index_dir, create=False) as index:
+        session = index.session(name)
+        hits = session.refine(positives, negatives, text, k=k, show_marked=show_marked)
+        turn = len(session.turns) - 1
+    _print_hits(hits, as_json, paths_only, {"session": name, "turn": turn})
+
+
+@cli.group("session")
+def session_group() -> None:
+    """List, show or drop search sessions (`query --session NAME` starts one)."""
+
+
+def _when(seconds: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(seconds).isoformat(sep=" ", timespec="seconds")
+
+
+@session_group.command("list")
+@index_option
+@json_option
+@handle_errors
+def session_list_cmd(index_dir: Path | None, as_json: bool) -> None:
+    """Every session: name, turns, last used, most recent first."""
+    with _open(index_dir, create=False) as index:
+        sessions = index.sessions()
+    if as_json:
+        click.echo(json.dumps([s.to_dict() for s in sessions]))
+        return
+    for s in sessions:
+        click.echo(f"{escape(s.name)}\t{s.turns} turns\t{_when(s.updated)}")
+
+
+@session_group.command("show")
+@click.argument("name")
+@index_option
+@json_option
+@handle_errors
+def session_show_cmd(name: str, index_dir: Path | None, as_json: bool) -> None:
+    """A session's turns: the starting query, then each turn's feedback and shown ids."""
+    with _open(index_dir, create=False) as index:
+        session = index.session(name)
+        info, turns = session.info(), session.turns
+    if as_json:
+        click.echo(json.dumps({**info.to_dict(), "turns": [t.to_dict() for t in turns]}))
+        return
+    w = info.weights
+    click.echo(f"session {escape(info.name)}: {info.target}s, k={info.k}, "
+               f"weights α={w.alpha} β={w.beta} γ={w.gamma} text={w.text}")  # fmt: skip
+    for t in turns:
+        parts = []
+        if t.query is not None:
+            parts.append("query " + " ".join(
+                f"{term.weight:g}:{term.kind}:{term.value}" if term.weight != 1
+                else f"{term.kind}:{term.value}" for term in t.query.terms
+            ))  # fmt: skip
+        if t.text:
+            parts.append(f"text {t.text!r}")
+        if t.more or t.more_files:
+            parts.append("more " + ",".join([*map(str, t.more), *t.more_files]))
+        if t.less or t.less_files:
+            parts.append("less " + ",".join([*map(str, t.less), *t.less_files]))
+        parts.append("shown " + ",".join(map(str, t.shown)))
+        click.echo(f"{t.seq}\t{_when(t.created)}\t" + escape("; ".join(parts)))
+
+
+@session_group.command("drop")
+@click.argument("name")
+@index_option
+@json_option
+@handle_errors
+def session_drop_cmd(name: str, index_dir: Path | None, as_json: bool) -> None:
+    """Delete a session."""
+    from .errors import SessionNotFoundError
+
+    with _open(index_dir, create=False) as index:
+        if not index.drop_session(name):
+            raise SessionNotFoundError(name)
+    click.echo(json.dumps({"dropped": name}) if as_json else f"dropped session {escape(name)}")
 
 
 def quiet_openmp() -> None:

@@ -190,3 +190,14 @@ class RayUnavailableError(DependencyError):
 class DistributedError(MMSearchError):
     """A distributed (Ray) run could not reach its cluster, or its workers failed beyond
     their retries. What was committed before stays; the next run encodes the rest."""
+
+
+class SessionNotFoundError(QueryError):
+    """No search session of the given name is stored in the index."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"no search session named {name!r} (start one with `mmsearch query TEXT "
+            f"--session {name}`; `mmsearch session list` lists them)"
+        )

@@ -39,11 +39,14 @@ from .errors import (
 from .languages import DIR_NAME as TEXT_ENCODERS_DIR
 from .languages import MAIN as MAIN_TOWER
 from .languages import META_KEY as TEXT_ENCODERS_KEY
-from .languages import TextEncoderInfo, check_name, choose, dump_registry, parse_registry
+from .languages import TextEncoderInfo, choose, dump_registry, parse_registry
+from .languages import check_name as check_encoder_name
 from .lock import WriterLock
 from .media import content_hash, draft_size, load_image
 from .models import ModelSpec, model_record, resolve_model, spec_from_record
 from .query import Filters, Query, Term
+from .refine import Session, SessionInfo, session_info
+from .refine import check_name as check_session_name
 from .results import (
     CheckProblem,
     CheckReport,
@@ -1079,7 +1082,7 @@ class Index:
         from .finetune.language import save_tower, teach_text_tower
 
         self._check_reembed_done()
-        name = check_name(name or lang.strip().lower())
+        name = check_encoder_name(name or lang.strip().lower())
         if self.model_info is None:
             raise MMSearchError("the index has no model yet: index images first")
         self._spec()
@@ -1153,6 +1156,68 @@ class Index:
         self.catalog.set_meta(TEXT_ENCODERS_KEY, dump_registry(registry))
         self._text_towers.pop(name, None)
         shutil.rmtree(self.path / TEXT_ENCODERS_DIR / name, ignore_errors=True)
+
+    # -- search sessions (relevance feedback over turns; see mmsearch.refine) ------------
+
+    def session(self, name: str) -> Session:
+        """The search session ``name`` (stored in the catalog): start it with
+        ``.query(...)``, continue it with ``.refine(more=..., less=..., text=...)``."""
+        return Session(name, self.catalog, _SessionEngine(self))
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every stored session, most recently used first."""
+        return [session_info(r) for r in self.catalog.list_sessions()]
+
+    def drop_session(self, name: str) -> bool:
+        """Delete session ``name``; returns whether it existed."""
+        return self.catalog.drop_session(check_session_name(name))
+
+
+class _SessionEngine:
+    """What a :class:`~mmsearch.refine.Session` needs from the index (see
+    :class:`~mmsearch.refine.SessionEngine`), kept off the Index's own surface."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+
+    @property
+    def dim(self) -> int:
+        return self._index.dim
+
+    def session_model(self) -> str:
+        info = self._index.model_info
+        if info is None:
+            raise QueryError("the index is empty: index something before starting a session")
+        return str(info["identity"])
+
+    def session_query_vector(self, query: Query) -> tuple[np.ndarray, set[int]]:
+        self.session_model()
+        self._index._check_search(None, 1)
+        vectors, exclude, _ = self._index._term_vectors(query.terms)
+        return combine(vectors, [t.weight for t in query.terms]), exclude
+
+    def session_text_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        return self._index._encode_query("text", list(texts))
+
+    def session_item_vectors(self, ids: Sequence[int]) -> tuple[list[int], np.ndarray]:
+        return self._index.catalog.embeddings(ids, self.dim)
+
+    def session_file_vector(self, path: Path) -> np.ndarray:
+        return self._index._image_file_vector(path)[0]
+
+    def session_search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        target: str,
+        exclude: set[int],
+        filters: Filters,
+        query_modality: str,
+    ) -> list[Hit]:
+        target, ready = self._index._check_search(target, k)
+        if not ready:
+            return []
+        return self._index._search_vector(vector, k, target, exclude, None, query_modality, filters)
 
 
 def _merge(own: Filters, extra: Filters | None) -> Filters:

@@ -361,3 +361,72 @@ def test_token_policy(backend: Backend) -> None:
     # Any IP literal is fine on a wildcard bind (rebinding needs a name); other names are not.
     assert c.get("/api/health", headers={"host": "192.168.1.20:8765"}).status_code == 200
     assert c.get("/api/health", headers={"host": "evil.example"}).status_code == 421
+
+
+# -- search sessions ------------------------------------------------------------------------
+
+
+def test_session_start_refine_page_show_drop(client: TestClient, index_dir: Path) -> None:
+    r = client.post("/api/sessions", json={"q": "a red circle", "k": 5})
+    assert r.status_code == 200, r.text
+    started = r.json()
+    name = started["session"]
+    assert name.startswith("web-") and started["turns"] == 1 and len(started["hits"]) == 5
+    assert all(h["thumbnail"] == f"/api/items/{h['id']}/thumbnail" for h in started["hits"])
+    ids = [h["id"] for h in started["hits"]]
+    r = client.post(
+        f"/api/sessions/{name}/refine",
+        json={"more": ids[:2], "less": ids[2:3], "text": "on grey", "k": 5},
+    )
+    assert r.status_code == 200, r.text
+    refined = r.json()
+    assert refined["turns"] == 2 and len(refined["hits"]) == 5
+    assert not {h["id"] for h in refined["hits"]} & set(ids[:3])  # marked: not shown again
+    # Paging adds no turn and agrees with the first page.
+    page = client.get(f"/api/sessions/{name}/hits", params={"k": 3, "offset": 0}).json()
+    more = client.get(f"/api/sessions/{name}/hits", params={"k": 3, "offset": 3}).json()
+    assert [h["id"] for h in page["hits"] + more["hits"]][:5] == [h["id"] for h in refined["hits"]]
+    assert page["turns"] == 2 and more["offset"] == 3
+    shown = client.get(f"/api/sessions/{name}").json()
+    assert [t["seq"] for t in shown["turns"]] == [0, 1]
+    assert shown["turns"][1]["more"] == ids[:2] and shown["turns"][1]["text"] == "on grey"
+    assert shown["turns"][0]["shown"] == ids
+    assert name in [s["name"] for s in client.get("/api/sessions").json()]
+    assert client.delete(f"/api/sessions/{name}").json() == {"dropped": name}
+    assert name not in [s["name"] for s in client.get("/api/sessions").json()]
+
+
+def test_session_from_an_item_and_shared_with_the_cli(client: TestClient, index_dir: Path) -> None:
+    item = _ids(index_dir, "image")[0]
+    r = client.post("/api/sessions", json={"like": item, "name": "shared", "k": 4})
+    assert r.status_code == 200 and r.json()["session"] == "shared"
+    assert item not in [h["id"] for h in r.json()["hits"]]  # the query item is never a hit
+    import mmsearch
+
+    with mmsearch.Index.open(index_dir) as index:  # the same session, from the Python API
+        turns = index.session("shared").turns
+        assert turns[0].query is not None and turns[0].query.terms[0].value == str(item)
+        index.session("shared").refine(less=[turns[0].shown[0]])
+    assert client.get("/api/sessions/shared").json()["turns"][1]["less"] == [turns[0].shown[0]]
+    client.delete("/api/sessions/shared")
+
+
+def test_session_errors(client: TestClient) -> None:
+    r = client.post("/api/sessions/nobody/refine", json={"more": [1]})
+    assert r.status_code == 404 and "no search session named 'nobody'" in r.json()["error"]
+    assert client.get("/api/sessions/nobody").status_code == 404
+    assert client.get("/api/sessions/nobody/hits").status_code == 404
+    assert client.delete("/api/sessions/nobody").status_code == 404
+    name = client.post("/api/sessions", json={"q": "a blue square", "k": 3}).json()["session"]
+    r = client.post(f"/api/sessions/{name}/refine", json={"more": [999999]})
+    assert r.status_code == 404 and "no item with id 999999" in r.json()["error"]
+    r = client.post(f"/api/sessions/{name}/refine", json={})
+    assert r.status_code == 400 and "give feedback" in r.json()["error"]
+    r = client.post(f"/api/sessions/{name}/refine", json={"more": ["x"]})
+    assert r.status_code == 422
+    assert client.post("/api/sessions", json={"k": 3}).status_code == 400  # neither q nor like
+    r = client.post("/api/sessions", json={"q": "x", "name": "a b"})
+    assert r.status_code == 400 and "cannot name a session" in r.json()["error"]
+    r = client.post("/api/sessions", json={"q": "x"}, headers={"origin": "https://evil.example"})
+    assert r.status_code == 403  # a cross-site page cannot drive a session
+    client.delete(f"/api/sessions/{name}")

@@ -183,3 +183,44 @@ def test_dark_theme(browser, server, tmp_path: Path) -> None:
     assert bg == "rgb(17, 17, 22)"
     _shot(pg, tmp_path, "dark")
     ctx.close()
+
+
+def test_feedback_refines_the_search(page: Page, server, tmp_path: Path) -> None:
+    """👍/👎 on results and a follow-up text continue a search session."""
+    url, _ = server
+    page.goto(url + "/?q=a+red+circle")
+    expect(page.locator("#grid .card").first).to_be_visible()
+    expect(page.locator("#refine")).to_be_visible()
+    expect(page.locator("#refine-go")).to_be_disabled()
+    ids = page.evaluate("hits.map(h => h.id)")
+    items = page.locator("#grid li")
+    items.nth(0).locator(".feedback .up").click()
+    items.nth(1).locator(".feedback .up").click()
+    items.nth(2).locator(".feedback .down").click()
+    items.nth(3).locator(".feedback .up").click()
+    items.nth(3).locator(".feedback .up").click()  # a second click takes the mark back
+    expect(page.locator("#marks")).to_have_text("2 more · 1 less")
+    expect(items.nth(0)).to_have_class(re.compile(r"\bmore\b"))
+    expect(items.nth(2)).to_have_class(re.compile(r"\bless\b"))
+    expect(items.nth(0).locator(".feedback .up")).to_have_attribute("aria-pressed", "true")
+    page.locator("#follow").fill("on a grey background")
+    _shot(page, tmp_path, "feedback-marked")
+    page.locator("#refine-go").click()
+    expect(page).to_have_url(re.compile(r"\?session=web-[0-9a-f]{8}$"))
+    expect(page.locator("#query-chip")).to_contain_text("1 round of feedback")
+    expect(page.locator("#grid .card").nth(29)).to_be_attached()
+    refined = page.evaluate("hits.map(h => h.id)")
+    assert not set(refined) & set(ids[:3])  # marked items are not shown again
+    name = page.url.split("session=")[1]
+    turns = page.evaluate(f"fetch('/api/sessions/{name}').then(r => r.json())")["turns"]
+    assert turns[1]["more"] == ids[:2] and turns[1]["less"] == [ids[2]]
+    assert turns[1]["text"] == "on a grey background"
+    _shot(page, tmp_path, "feedback-refined")
+    # A second round continues the same session; the follow-up box alone is enough.
+    page.locator("#follow").fill("big")
+    page.locator("#follow").press("Enter")
+    expect(page.locator("#query-chip")).to_contain_text("2 rounds of feedback")
+    assert page.url.endswith(f"session={name}")
+    # Back shows the session as it stands (its state is in the catalog, not the URL).
+    page.go_back()
+    expect(page.locator("#grid .card").first).to_be_visible()

@@ -23,11 +23,18 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..errors import ImageTooLargeError, ItemNotFoundError, MMSearchError, QueryError
+from ..errors import (
+    ImageTooLargeError,
+    ItemNotFoundError,
+    MMSearchError,
+    QueryError,
+    SessionNotFoundError,
+)
 from ..results import Hit
 from .backend import MAX_DEPTH, Backend, Page
 from .images import MAX_UPLOAD_BYTES, decode_upload, thumb_size, thumbnail
 from .security import Policy, SecurityMiddleware
+from .sessions import add_session_api
 
 STATIC = Path(__file__).parent / "static"
 Target = Literal["image", "text"]
@@ -127,6 +134,8 @@ def _add_api(app: FastAPI, backend: Backend) -> None:
 
     async def run_search(func: Any, *args: Any) -> Any:
         return await to_thread.run_sync(func, *args, limiter=searches)
+
+    add_session_api(app, backend, run_search, _out)
 
     @app.get("/api/search", response_model=SearchOut, tags=["search"])
     async def search_text(
@@ -283,7 +292,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MMSearchError)
     async def library_error(request: Request, exc: MMSearchError) -> JSONResponse:
-        if isinstance(exc, ItemNotFoundError):
+        if isinstance(exc, ItemNotFoundError | SessionNotFoundError):
             return _error(404, str(exc))
         if isinstance(exc, ImageTooLargeError):
             return _error(413, str(exc))

@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from PIL import Image
 from ..catalog import ItemRecord
 from ..errors import QueryError
 from ..index import TARGETS, Index
+from ..query import Query
+from ..refine import SessionInfo, Turn
 from ..results import Hit, IndexInfo
 
 logger = logging.getLogger(__name__)
@@ -156,3 +159,59 @@ def _page(hits: list[Hit], k: int, offset: int, depth: int) -> Page:
     """Hits ``offset`` to ``offset + k`` of a search for ``depth`` hits."""
     more = len(hits) >= depth and depth < MAX_DEPTH
     return Page(hits[offset : offset + k], offset + k if more else None)
+
+
+# -- search sessions -------------------------------------------------------------------------
+
+
+class SessionBackend:
+    """Search sessions over the backend's index (relevance feedback, see mmsearch.refine),
+    serialised by the backend's lock like every search."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    def start(self, name: str, query: Query, target: str, k: int) -> tuple[SessionInfo, Page]:
+        """Start (or restart) session ``name`` with ``query``; its first page of hits."""
+        depth = _depth(k, 0)
+        with self._backend._lock:
+            session = self._backend.index.session(name)
+            hits = session.query(query, k=depth, target=target)
+            return session.info(), _page(hits, k, 0, depth)
+
+    def refine(
+        self,
+        name: str,
+        more: Sequence[int],
+        less: Sequence[int],
+        text: str | None,
+        k: int,
+        show_marked: bool,
+    ) -> tuple[SessionInfo, Page]:
+        """Add a turn of feedback to session ``name``; the next first page of hits."""
+        depth = _depth(k, 0)
+        with self._backend._lock:
+            session = self._backend.index.session(name)
+            hits = session.refine(more, less, text, k=depth, show_marked=show_marked)
+            return session.info(), _page(hits, k, 0, depth)
+
+    def page(self, name: str, k: int, offset: int, show_marked: bool) -> tuple[SessionInfo, Page]:
+        """A page of the session's hits as it stands (no turn is added)."""
+        depth = _depth(k, offset)
+        with self._backend._lock:
+            session = self._backend.index.session(name)
+            hits = session.search(k=depth, show_marked=show_marked)
+            return session.info(), _page(hits, k, offset, depth)
+
+    def show(self, name: str) -> tuple[SessionInfo, list[Turn]]:
+        with self._backend._lock:
+            session = self._backend.index.session(name)
+            return session.info(), session.turns
+
+    def list(self) -> list[SessionInfo]:
+        with self._backend._lock:
+            return self._backend.index.sessions()
+
+    def drop(self, name: str) -> bool:
+        with self._backend._lock:
+            return self._backend.index.drop_session(name)

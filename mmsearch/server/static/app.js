@@ -1,5 +1,7 @@
-// mmsearch web page: plain JS, no build step. State lives in the URL (?q=, ?like=, target=)
-// so searches are shareable and the back button works; uploaded images stay in memory.
+// mmsearch web page: plain JS, no build step. State lives in the URL (?q=, ?like=,
+// ?session=, target=) so searches are shareable and the back button works; uploaded images
+// stay in memory. 👍/👎 marks and the follow-up box continue a search session (stored in
+// the index: `mmsearch refine NAME` continues the same one).
 "use strict";
 
 const PAGE = 30;
@@ -9,7 +11,9 @@ const el = {
   form: $("search"), q: $("q"), file: $("file"), pick: $("pick"), grid: $("grid"),
   status: $("status"), error: $("error"), empty: $("empty"), sentinel: $("sentinel"),
   drop: $("drop"), viewer: $("viewer"), chip: $("query-chip"),
+  refine: $("refine"), follow: $("follow"), marks: $("marks"), refineGo: $("refine-go"),
 };
+const marks = new Map(); // item id -> "more" | "less", for the next refine
 const uploads = new Map(); // upload key -> File, for back/forward within this tab
 let state = { target: "image" };
 let hits = [];
@@ -31,6 +35,7 @@ async function api(url, options) {
 function searchRequest(offset) {
   const params = new URLSearchParams({ target: state.target, k: PAGE, offset });
   if (state.lang) params.set("lang", state.lang);
+  if (state.session) return api(`api/sessions/${encodeURIComponent(state.session)}/hits?${params}`);
   if (state.q) return api(`api/search?q=${encodeURIComponent(state.q)}&${params}`);
   if (state.like) return api(`api/items/${state.like}/similar?${params}`);
   if (state.upload) {
@@ -48,7 +53,8 @@ function stateFromUrl() {
   const p = new URLSearchParams(location.search);
   const s = { target: p.get("target") === "text" ? "text" : "image" };
   if (/^[a-z]{2,3}$/.test(p.get("lang") || "")) s.lang = p.get("lang");
-  if (p.get("q")) s.q = p.get("q");
+  if (p.get("session")) s.session = p.get("session");
+  else if (p.get("q")) s.q = p.get("q");
   else if (/^\d+$/.test(p.get("like") || "")) s.like = p.get("like");
   else if (history.state && history.state.upload) s.upload = history.state.upload;
   return s;
@@ -56,6 +62,7 @@ function stateFromUrl() {
 
 function urlFor(s) {
   const p = new URLSearchParams();
+  if (s.session) p.set("session", s.session);
   if (s.q) p.set("q", s.q);
   if (s.lang) p.set("lang", s.lang);
   if (s.like) p.set("like", s.like);
@@ -90,8 +97,12 @@ function run(s) {
     b.setAttribute("aria-pressed", String(b.dataset.target === s.target));
   }
   showError("");
+  marks.clear();
+  el.follow.value = "";
+  renderMarks();
+  el.refine.hidden = !(s.q || s.like || s.session);  // an upload cannot start a session
   renderChip();
-  const blank = !s.q && !s.like && !s.upload;
+  const blank = !s.q && !s.like && !s.upload && !s.session;
   el.empty.hidden = !blank;
   el.status.textContent = "";
   if (blank) {
@@ -113,6 +124,9 @@ function renderChip() {
     img.alt = "query image";
     el.chip.append(img, `Results for your image (${uploads.get(state.upload).name || "pasted"})`);
     el.chip.hidden = false;
+  } else if (state.session) {
+    el.chip.append(`Refined search (session ${state.session})`);
+    el.chip.hidden = false;
   } else if (state.like) {
     const img = document.createElement("img");
     img.src = `api/items/${state.like}/thumbnail?size=128`;
@@ -132,6 +146,10 @@ async function loadMore() {
     const page = await searchRequest(nextOffset);
     if (mine !== generation) return;
     nextOffset = page.next_offset;
+    if (page.turns) {
+      const rounds = page.turns - 1;
+      el.chip.textContent = `Refined search: session ${page.session}, ${rounds} round${rounds === 1 ? "" : "s"} of feedback`;
+    }
     const start = hits.length;
     hits.push(...page.hits);
     page.hits.forEach((h, i) => el.grid.append(card(h, start + i)));
@@ -187,9 +205,89 @@ function card(h, i) {
     b.setAttribute("aria-label", `${basename(h.path)}, score ${score.textContent}`);
   }
   b.addEventListener("click", () => openViewer(i));
-  li.append(b);
+  li.append(b, feedbackButtons(h, li));
   return li;
 }
+
+// -- feedback (search sessions) ----------------------------------------------------------
+
+function feedbackButtons(h, li) {
+  const box = document.createElement("span");
+  box.className = "feedback";
+  for (const [role, path, cls, title] of [
+    ["more", THUMB_UP, "up", "More like this"], ["less", THUMB_DOWN, "down", "Less like this"],
+  ]) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = cls;
+    b.append(icon(path));  // SVG, not emoji: no emoji font is needed to see them
+    b.title = title;
+    b.setAttribute("aria-label", `${title} (item ${h.id})`);
+    b.setAttribute("aria-pressed", "false");
+    b.addEventListener("click", (e) => {
+      e.stopPropagation();
+      if (marks.get(h.id) === role) marks.delete(h.id); else marks.set(h.id, role);
+      for (const other of box.querySelectorAll("button")) {
+        other.setAttribute("aria-pressed", String(other === b && marks.get(h.id) === role));
+      }
+      li.classList.toggle("more", marks.get(h.id) === "more");
+      li.classList.toggle("less", marks.get(h.id) === "less");
+      renderMarks();
+    });
+    box.append(b);
+  }
+  return box;
+}
+
+const THUMB_UP = "M1 21h4V9H1v12zm22-11c0-1.1-.9-2-2-2h-6.31l.95-4.57.03-.32c0-.41-.17-.79-.44-1.06L14.17 1 7.59 7.59C7.22 7.95 7 8.45 7 9v10c0 1.1.9 2 2 2h9c.83 0 1.54-.5 1.84-1.22l3.02-7.05c.09-.23.14-.47.14-.73v-2z";
+const THUMB_DOWN = "M15 3H6c-.83 0-1.54.5-1.84 1.22l-3.02 7.05c-.09.23-.14.47-.14.73v2c0 1.1.9 2 2 2h6.31l-.95 4.57-.03.32c0 .41.17.79.44 1.06L9.83 23l6.59-6.59c.36-.36.58-.86.58-1.41V5c0-1.1-.9-2-2-2zm4 0v12h4V3h-4z";
+
+function icon(d) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  const path = document.createElementNS(ns, "path");
+  path.setAttribute("d", d);
+  svg.append(path);
+  return svg;
+}
+
+function renderMarks() {
+  const more = [...marks.values()].filter((r) => r === "more").length;
+  const less = marks.size - more;
+  el.marks.textContent = marks.size ? `${more} more · ${less} less` : "";
+  el.refineGo.disabled = !marks.size && !el.follow.value.trim();
+}
+
+async function refineSession() {
+  const more = [...marks].filter(([, r]) => r === "more").map(([id]) => id);
+  const less = [...marks].filter(([, r]) => r === "less").map(([id]) => id);
+  const text = el.follow.value.trim();
+  if (!more.length && !less.length && !text) return;
+  el.refineGo.disabled = true;
+  el.status.textContent = "Refining…";
+  const json = (body) => ({
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+  });
+  try {
+    let name = state.session;
+    if (!name) {  // the first feedback on a plain search starts a session with its query
+      const start = state.q ? { q: state.q } : { like: Number(state.like) };
+      name = (await api("api/sessions", json({ ...start, target: state.target, k: PAGE }))).session;
+    }
+    await api(`api/sessions/${encodeURIComponent(name)}/refine`,
+      json({ more, less, text: text || null, k: PAGE }));
+    go({ session: name, target: state.target });
+  } catch (err) {
+    el.status.textContent = "";
+    showError(`Refine failed: ${err.message}`);
+    renderMarks();
+  }
+}
+
+el.refine.addEventListener("submit", (e) => { e.preventDefault(); refineSession(); });
+el.follow.addEventListener("input", renderMarks);
 
 function basename(p) { return (p || "").split(/[\\/]/).pop(); }
 
