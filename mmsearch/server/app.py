@@ -47,6 +47,15 @@ class HitOut(BaseModel):
     height: int | None = None
     thumbnail: str | None = None
     file: str | None = None
+    query_score: float | None = None
+    part_scores: list[float] | None = None
+    duplicates: list[int] | None = None
+
+
+class PartOut(BaseModel):
+    text: str
+    negative: bool
+    relation: str | None = None
 
 
 class SearchOut(BaseModel):
@@ -55,6 +64,7 @@ class SearchOut(BaseModel):
     offset: int
     next_offset: int | None
     hits: list[HitOut]
+    parts: list[PartOut] | None = None
 
 
 class ItemOut(BaseModel):
@@ -133,9 +143,19 @@ def _add_api(app: FastAPI, backend: Backend) -> None:
         target: Target = "image",
         k: K = 20,
         offset: Offset = 0,
+        explain: Annotated[
+            bool, Query(description="Split the query into parts; score hits on each.")
+        ] = False,
+        dedupe: Annotated[bool, Query(description="Fold near-duplicate images.")] = False,
     ) -> dict[str, Any]:
-        """Images (or texts) matching a text."""
-        page = await run_search(backend.search_text, q, target, k, offset)
+        """Images (or texts) matching a text. With ``explain``, ranked by how well they
+        match every part of the query, with ``parts`` and each hit's ``part_scores``."""
+        if explain:
+            page = await run_search(backend.explain_text, q, target, k, offset, dedupe)
+        elif dedupe:
+            page = await run_search(backend.search_text_deduped, q, target, k, offset)
+        else:
+            page = await run_search(backend.search_text, q, target, k, offset)
         return _out(page, target, k, offset)
 
     @app.post("/api/search/image", response_model=SearchOut, tags=["search"])
@@ -248,6 +268,7 @@ def _out(page: Page, target: str, k: int, offset: int) -> dict[str, Any]:
         "offset": offset,
         "next_offset": page.next_offset,
         "hits": [_hit(h) for h in page.hits],
+        **({"parts": page.parts} if page.parts is not None else {}),
     }
 
 

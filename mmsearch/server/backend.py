@@ -21,6 +21,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -41,6 +42,7 @@ class Page:
 
     hits: list[Hit]
     next_offset: int | None
+    parts: list[dict[str, Any]] | None = None  # an explained query's parts
 
 
 class Backend:
@@ -94,6 +96,28 @@ class Backend:
         depth = _depth(k, offset)
         with self._lock:
             hits = self.index.search(text, k=depth, target=target)
+        return _page(hits, k, offset, depth)
+
+    def explain_text(
+        self, text: str, target: str, k: int, offset: int, dedupe: bool = False
+    ) -> Page:
+        """Items matching a compound text query, ranked part-wise, each hit with its
+        score on every part (see :meth:`mmsearch.Index.explain`)."""
+        if not text.strip():
+            raise QueryError("empty query: give a text or an image")
+        depth = _depth(k, offset)
+        with self._lock:
+            result = self.index.explain(text, k=depth, target=target, dedupe=dedupe)
+        page = _page(result.hits, k, offset, depth)
+        return Page(page.hits, page.next_offset, result.parts)
+
+    def search_text_deduped(self, text: str, target: str, k: int, offset: int) -> Page:
+        """:meth:`search_text` with near-duplicates folded into the best hit."""
+        if not text.strip():
+            raise QueryError("empty query: give a text or an image")
+        depth = _depth(k, offset)
+        with self._lock:
+            hits = self.index.search(text, k=depth, target=target, dedupe=True)
         return _page(hits, k, offset, depth)
 
     def search_image(self, image: Image.Image, target: str, k: int, offset: int) -> Page:

@@ -8,7 +8,7 @@ const $ = (id) => document.getElementById(id);
 const el = {
   form: $("search"), q: $("q"), file: $("file"), pick: $("pick"), grid: $("grid"),
   status: $("status"), error: $("error"), empty: $("empty"), sentinel: $("sentinel"),
-  drop: $("drop"), viewer: $("viewer"), chip: $("query-chip"),
+  drop: $("drop"), viewer: $("viewer"), chip: $("query-chip"), explain: $("explain"),
 };
 const uploads = new Map(); // upload key -> File, for back/forward within this tab
 let state = { target: "image" };
@@ -17,6 +17,7 @@ let nextOffset = null;
 let loading = false;
 let generation = 0; // bumps with each new query; stale responses are dropped
 let current = -1; // index in hits of the item in the viewer
+let parts = null; // an explained query's parts ({text, negative}), for the hover text
 
 // -- API -------------------------------------------------------------------------------
 
@@ -30,6 +31,7 @@ async function api(url, options) {
 
 function searchRequest(offset) {
   const params = new URLSearchParams({ target: state.target, k: PAGE, offset });
+  if (state.q && state.explain) params.set("explain", "1");
   if (state.q) return api(`api/search?q=${encodeURIComponent(state.q)}&${params}`);
   if (state.like) return api(`api/items/${state.like}/similar?${params}`);
   if (state.upload) {
@@ -47,6 +49,7 @@ function stateFromUrl() {
   const p = new URLSearchParams(location.search);
   const s = { target: p.get("target") === "text" ? "text" : "image" };
   if (p.get("q")) s.q = p.get("q");
+  if (p.get("explain") === "1") s.explain = true;
   else if (/^\d+$/.test(p.get("like") || "")) s.like = p.get("like");
   else if (history.state && history.state.upload) s.upload = history.state.upload;
   return s;
@@ -55,6 +58,7 @@ function stateFromUrl() {
 function urlFor(s) {
   const p = new URLSearchParams();
   if (s.q) p.set("q", s.q);
+  if (s.q && s.explain) p.set("explain", "1");
   if (s.like) p.set("like", s.like);
   if (s.upload) p.set("image", "upload");
   if (s.target === "text") p.set("target", "text");
@@ -83,6 +87,8 @@ function run(s) {
   el.grid.replaceChildren();
   el.grid.classList.toggle("texts", s.target === "text");
   el.q.value = s.q || "";
+  el.explain.checked = Boolean(s.explain);
+  parts = null;
   for (const b of document.querySelectorAll(".toggle button")) {
     b.setAttribute("aria-pressed", String(b.dataset.target === s.target));
   }
@@ -129,6 +135,7 @@ async function loadMore() {
     const page = await searchRequest(nextOffset);
     if (mine !== generation) return;
     nextOffset = page.next_offset;
+    if (page.parts) parts = page.parts;
     const start = hits.length;
     hits.push(...page.hits);
     page.hits.forEach((h, i) => el.grid.append(card(h, start + i)));
@@ -162,7 +169,8 @@ function card(h, i) {
   const score = document.createElement("span");
   score.className = "score";
   score.textContent = h.score.toFixed(3);
-  score.title = "cosine similarity";
+  score.title = h.part_scores && parts ? explainTitle(h) : "cosine similarity";
+  if (h.part_scores && parts) b.title = score.title; // the whole card shows the parts
   const name = document.createElement("span");
   name.className = "name";
   if (h.modality === "text") {
@@ -186,6 +194,16 @@ function card(h, i) {
   b.addEventListener("click", () => openViewer(i));
   li.append(b);
   return li;
+}
+
+// The hover text of an explained hit: its combined score, the whole query's, each part's.
+function explainTitle(h) {
+  const lines = [`combined ${h.score.toFixed(3)}`];
+  if (h.query_score != null) lines.push(`whole query ${h.query_score.toFixed(3)}`);
+  parts.forEach((p, i) => {
+    if (h.part_scores[i] != null) lines.push(`${p.negative ? "not " : ""}${p.text}: ${h.part_scores[i].toFixed(3)}`);
+  });
+  return lines.join("\n");
 }
 
 function basename(p) { return (p || "").split(/[\\/]/).pop(); }
@@ -256,7 +274,11 @@ el.viewer.addEventListener("close", () => {
 el.form.addEventListener("submit", (e) => {
   e.preventDefault();
   const q = el.q.value.trim();
-  if (q) go({ q, target: state.target });
+  if (q) go({ q, target: state.target, explain: el.explain.checked });
+});
+
+el.explain.addEventListener("change", () => {
+  if (state.q) go({ ...state, explain: el.explain.checked });
 });
 
 for (const b of document.querySelectorAll(".toggle button")) {
