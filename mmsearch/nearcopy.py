@@ -101,13 +101,13 @@ def pixel_similarities(
     uncropped = {i: crops(p)[0] for i, p in prints.items() if i in partners}
     best: dict[tuple[int, int], float] = {}
     for item, others in partners.items():
-        if item not in uncropped:
+        mates = sorted(o for o in others if o in uncropped)
+        if item not in uncropped or not mates:
             continue
-        mine = crops(prints[item])
-        for other in others:
-            if other in uncropped:
-                key = (min(item, other), max(item, other))
-                score = float((mine @ uncropped[other]).max())
-                best[key] = max(best.get(key, -1.0), score)
+        # every crop of this image against every partner, uncropped: one matrix product
+        found = (crops(prints[item]) @ np.stack([uncropped[o] for o in mates]).T).max(axis=0)
+        for other, score in zip(mates, found, strict=True):
+            key = (min(item, other), max(item, other))
+            best[key] = max(best.get(key, -1.0), float(score))
     keys = {(a, b): (min(a, b), max(a, b)) for a, b in pairs}
     return {pair: best[key] for pair, key in keys.items() if key in best}
