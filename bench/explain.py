@@ -18,6 +18,7 @@ import csv
 import importlib.util
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ def measure(
         for row in csv.DictReader(f):
             caption_of[str((work / "shapes" / row["image"]).resolve())] = row["caption"]
     pairs = sorted({c for c in caption_of.values() if " left of " in c or " above " in c})
-    pairs = pairs[:captions]
+    pairs = sorted(random.Random(seed).sample(pairs, min(captions, len(pairs))))
     configs = [(r, c) for r in RELATION_MODES for c in COMBINES]
     wins = {"plain": 0, **{f"{r}/{c}": 0 for r, c in configs}}
     every_hit_scored = True

@@ -31,8 +31,9 @@ PATCH_SIDE = 24
 MAX_CROP = 0.10
 #: Steps of the crop grid, as fractions of a side.
 CROP_STEPS = (0.0, 0.025, 0.05, 0.075, 0.10)
-#: Default: pairs correlating at least this much are copies (bench/dups.py measured
-#: copies ≥ 0.98 and look-alikes ≤ 0.94 on its generated set).
+#: Default: pairs correlating at least this much are copies. On bench/dups.py's set (100
+#: originals, 463 files, every one of the 107k pairs checked) every copy reached 0.96 and
+#: no two different pictures did; at 0.93 precision fell to 0.94.
 DEFAULT_PIXEL_THRESHOLD = 0.96
 
 
