@@ -8,10 +8,10 @@
 
 Parts are split at commas, semicolons, "and", "with", "but", "plus" and "&"; "without",
 "not", "no" (also "with no", "but not", "and not") start a negative part. A spatial
-relation ("left of", "above", "next to" …) is kept with its objects by default: on the
-shapes domain keeping "A left of B" whole ranked an exact-caption image into the top 10
-more often than splitting it (``bench/explain.py`` measures every mode); ``relations=
-"split"`` makes parts "A" and "left of B", ``"objects"`` makes "A" and "B".
+relation ("left of", "above", "next to" …) is kept with its objects by default (``relations=
+"keep"``: "A left of B" stays one part, so the relation is never lost); ``"split"`` makes
+parts "A" and "left of B", ``"objects"`` makes "A" and "B". ``bench/explain.py`` measures
+every mode and combination on the shapes domain; the defaults are to be set from it.
 
 A hit's *combined* score (:func:`mmsearch.compound.combine_scores`) rewards matching
 every positive part (see :data:`COMBINES`) minus :data:`NEGATIVE_WEIGHT` times its best
