@@ -20,6 +20,7 @@ import click
 
 from . import config
 from .errors import MMSearchError
+from .explain import COMBINES, DEFAULT_COMBINE, DEFAULT_RELATIONS, RELATION_MODES
 from .query import Filters, Query, Term
 from .server.command import serve_cmd
 from .status import ExitStatus, MMSearchException
@@ -443,6 +444,27 @@ def filter_options(func: F) -> F:
     help="Start (or restart) the search session NAME with this query; continue it with "
     "`mmsearch refine NAME`.",
 )
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Split TEXT into parts (and, with, commas; without/not/no: negative), rank by how "
+    "well hits match every part, and show each part's score.",
+)
+@click.option(
+    "--combine",
+    type=click.Choice(COMBINES),
+    default=DEFAULT_COMBINE,
+    show_default=True,
+    help="With --explain: how the whole query's and the parts' scores are combined.",
+)
+@click.option(
+    "--relations",
+    type=click.Choice(RELATION_MODES),
+    default=DEFAULT_RELATIONS,
+    show_default=True,
+    help='With --explain: keep "A left of B" as one part, split it, or keep the objects.',
+)
+@click.option("--dedupe", is_flag=True, help="Fold near-duplicate images into the best hit.")
 @filter_options
 @model_options
 @index_option
@@ -461,6 +483,10 @@ def query_cmd(
     lang: str | None,
     text_encoder: str | None,
     print0: bool,
+    explain: bool,
+    combine: str,
+    relations: str,
+    dedupe: bool,
     model: str | None,
     pretrained: str | None,
     device: str | None,
@@ -488,6 +514,14 @@ def query_cmd(
     main = Term("image", str(image)) if image is not None else None
     terms = Query.parse(text, add, sub).terms if (text is not None or add or sub) else ()
     query = Query((main, *terms) if main else terms, _filters(Filters, filter_args))
+    if explain:
+        if text is None or image is not None or add or sub:
+            raise click.UsageError("--explain explains a TEXT query (no --image, --add, --sub)")
+        _explain(query, text, k, target, combine, relations, dedupe, nprobe, as_json, paths_only,
+                 print0, (index_dir, model, pretrained, device))  # fmt: skip
+        return
+    if session is not None and dedupe:
+        raise click.UsageError("--dedupe does not apply to a --session query")
     with _open(index_dir, model, pretrained, device, create=False, few_queries=True) as index:
         if session is not None:
             hits = index.session(session).query(query, k=k, target=target)
@@ -500,6 +534,7 @@ def query_cmd(
                 nprobe=nprobe,
                 lang=lang,
                 text_encoder=text_encoder,
+                dedupe=dedupe,
             )
         texts = " ".join(t.value for t in query.terms if t.kind == "text")
         tower = index.choose_text_encoder(texts, lang, text_encoder) if texts else None
@@ -507,8 +542,15 @@ def query_cmd(
         out = {"query": query.to_dict(), "hits": [h.to_dict() for h in hits]}
         if session:
             out["session"] = session
+        if dedupe:
+            out["collapsed"] = sum(len(h.duplicates or ()) for h in hits)
         click.echo(json.dumps({**out, "text_encoder": tower} if tower else out))
         return
+    _print_hits(hits, paths_only, print0)
+
+
+def _print_hits(hits: list[Any], paths_only: bool, print0: bool, extra: Any = None) -> None:
+    """Hits as lines: score, tab, label (and ``extra(hit)``, tab-separated), or labels."""
     if print0:
         out = click.get_binary_stream("stdout")
         for hit in hits:
@@ -519,7 +561,46 @@ def query_cmd(
     for hit in hits:
         label = " ".join(hit.label.split()) if hit.text is not None else hit.label
         label = escape(label)
-        click.echo(label if paths_only else f"{hit.score:.3f}\t{label}")
+        tail = f"\t{extra(hit)}" if extra is not None else ""
+        click.echo(label if paths_only else f"{hit.score:.3f}\t{label}{tail}")
+
+
+def _explain(
+    query: Query,
+    text: str,
+    k: int,
+    target: str,
+    combine: str,
+    relations: str,
+    dedupe: bool,
+    nprobe: int | None,
+    as_json: bool,
+    paths_only: bool,
+    print0: bool,
+    opening: tuple[Any, ...],
+) -> None:
+    """``query --explain``: hits ranked by the part-wise combination, each part's score
+    in a last column (``part=score; …``; a negative part is shown as ``-part``)."""
+    with _open(*opening, create=False) as index:
+        result = index.explain(
+            text, k=k, target=target, combine=combine, relations=relations, nprobe=nprobe,
+            filters=query.filters, dedupe=dedupe,
+        )  # fmt: skip
+    if as_json:
+        out = {"query": query.to_dict(), **result.to_dict()}
+        if dedupe:
+            out["collapsed"] = sum(len(h.duplicates or ()) for h in result.hits)
+        click.echo(json.dumps(out))
+        return
+    names = [("-" if p["negative"] else "") + " ".join(p["text"].split()) for p in result.parts]
+
+    def column(hit: Any) -> str:
+        scores = zip(names, hit.part_scores or (), strict=False)
+        return escape("; ".join(f"{n}={s:.3f}" for n, s in scores))
+
+    if not paths_only and not print0:
+        click.echo(escape(f"# parts: {' | '.join(names)} (combine: {result.combine})"), err=True)
+    _print_hits(result.hits, paths_only, print0, column)
 
 
 def _filters(filters_cls: Any, args: dict[str, Any]) -> Any:
@@ -1109,6 +1190,61 @@ def session_drop_cmd(name: str, index_dir: Path | None, as_json: bool) -> None:
         if not index.drop_session(name):
             raise SessionNotFoundError(name)
     click.echo(json.dumps({"dropped": name}) if as_json else f"dropped session {escape(name)}")
+
+
+@cli.command("dups")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(-1, 1),
+    default=None,
+    help="Least embedding cosine of a candidate pair [default: measured, see README].",
+)
+@click.option(
+    "--pixel-threshold",
+    type=click.FloatRange(-1, 1),
+    default=None,
+    help="Least thumbprint similarity of a pair's files [default: measured].",
+)
+@click.option("--no-pixel-check", is_flag=True, help="Trust the embeddings alone.")
+@index_option
+@json_option
+@handle_errors
+def dups_cmd(
+    threshold: float | None,
+    pixel_threshold: float | None,
+    no_pixel_check: bool,
+    index_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """List groups of near-duplicate images, largest first: the suggested keeper (most
+    pixels, then oldest) is marked "keep", the others "dup". Nothing is deleted.
+
+    \b
+    Plain output: one line per image (keep|dup, tab, embedding score, tab, pixel score,
+    tab, WxH, tab, path), a blank line between groups.
+    """
+    from .duplicates import DEFAULT_THRESHOLD
+    from .nearcopy import DEFAULT_PIXEL_THRESHOLD
+
+    pixel = pixel_threshold if pixel_threshold is not None else DEFAULT_PIXEL_THRESHOLD
+    pixel = None if no_pixel_check else pixel
+    with _open(index_dir, create=False) as index:
+        groups = index.duplicates(
+            threshold if threshold is not None else DEFAULT_THRESHOLD, pixel_threshold=pixel
+        )
+    if as_json:
+        click.echo(json.dumps({"groups": [g.to_dict() for g in groups]}))
+        return
+    for n, group in enumerate(groups):
+        if n:
+            click.echo("")
+        for item in group.items:
+            role = "keep" if item.id == group.keeper.id else "dup"
+            px = "-" if item.pixel is None else f"{item.pixel:.3f}"
+            size = f"{item.width}x{item.height}" if item.width else "?"
+            click.echo(f"{role}\t{item.score:.3f}\t{px}\t{size}\t{escape(item.path or '')}")
+    images = sum(len(g.items) for g in groups)
+    click.echo(f"{len(groups)} groups, {images} images", err=True)
 
 
 def quiet_openmp() -> None:

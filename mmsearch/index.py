@@ -27,6 +27,9 @@ from .ann.upkeep import Upkeep
 from .ann.upkeep import check as check_derived
 from .catalog_base import ItemRecord, from_blobs
 from .catalog_reader import CatalogReader
+from .compound import CANDIDATE_FACTOR, explain_search
+from .duplicates import DEDUPE_DEPTH, collapse, find_groups
+from .duplicates import DEFAULT_THRESHOLD as DUPLICATE_THRESHOLD
 from .errors import (
     IndexNotFoundError,
     InputError,
@@ -36,6 +39,7 @@ from .errors import (
     QueryError,
     QueryRuntimeError,
 )
+from .explain import DEFAULT_COMBINE, DEFAULT_RELATIONS, parse_compound
 from .languages import DIR_NAME as TEXT_ENCODERS_DIR
 from .languages import MAIN as MAIN_TOWER
 from .languages import META_KEY as TEXT_ENCODERS_KEY
@@ -44,6 +48,7 @@ from .languages import check_name as check_encoder_name
 from .lock import WriterLock
 from .media import content_hash, draft_size, load_image
 from .models import ModelSpec, model_record, resolve_model, spec_from_record
+from .nearcopy import DEFAULT_PIXEL_THRESHOLD
 from .query import Filters, Query, Term
 from .refine import Session, SessionInfo, session_info
 from .refine import check_name as check_session_name
@@ -51,6 +56,8 @@ from .results import (
     CheckProblem,
     CheckReport,
     Classification,
+    DuplicateGroup,
+    Explanation,
     Hit,
     IndexInfo,
     ProgressFactory,
@@ -541,6 +548,7 @@ class Index:
         filters: Filters | None = None,
         lang: str | None = None,
         text_encoder: str | None = None,
+        dedupe: bool = False,
     ) -> list[Hit]:
         """Search the index.
 
@@ -558,10 +566,16 @@ class Index:
                 detected from the text's script.
             text_encoder: the name of the text encoder to use (``main``: the model's own);
                 wins over ``lang``.
+            dedupe: fold near-duplicates of a better hit into it (see :meth:`duplicates`;
+                each kept hit's ``duplicates`` lists the ids folded into it).
 
         Returns:
             Hits, best first.
         """
+        if dedupe:
+            return self._deduped(
+                query, k, target, include_self, nprobe, filters, lang, text_encoder
+            )
         if isinstance(query, Query):
             merged = _merge(query.filters, filters)
             return self.search_terms(
@@ -1171,6 +1185,109 @@ class Index:
     def drop_session(self, name: str) -> bool:
         """Delete session ``name``; returns whether it existed."""
         return self.catalog.drop_session(check_session_name(name))
+
+    # -- compound queries and near-duplicates --------------------------------------------
+
+    def explain(
+        self,
+        text: str,
+        k: int = 10,
+        target: str | None = None,
+        combine: str = DEFAULT_COMBINE,
+        relations: str = DEFAULT_RELATIONS,
+        nprobe: int | None = None,
+        filters: Filters | None = None,
+        candidates: int = CANDIDATE_FACTOR,
+        dedupe: bool = False,
+    ) -> Explanation:
+        """A compound text query, split into parts (:mod:`mmsearch.explain`): candidates
+        for the whole query and for each positive part, ranked by ``combine`` of the whole
+        query's score and the parts' scores, each hit with its score on every part.
+
+        Args:
+            text: e.g. "a red circle left of a blue square, without green".
+            k: number of hits.
+            target: ``"image"`` or ``"text"``.
+            combine: ``mean``, ``min``, ``softmin``, ``geomean`` or ``whole``.
+            relations: ``keep`` a relation with both its objects, ``split`` before it, or
+                keep only the ``objects``.
+            nprobe: IVF lists to visit (compressed indexes only).
+            filters: conditions on the hits (``min_score`` applies to the combination).
+            candidates: candidates per query vector, as a multiple of ``k``.
+            dedupe: fold near-duplicates of a better hit into it (as :meth:`search`).
+
+        Raises:
+            QueryError: an empty query, only negative parts, an unknown mode.
+        """
+        compound = parse_compound(text, relations)
+        target, ready = self._check_search(target, k)
+        parts = [p.to_dict() for p in compound.parts]
+        if not ready:
+            return Explanation(text, compound.whole, parts, combine, [])
+        encoded = self._encode_query("text", [compound.whole, *(p.text for p in compound.parts)])
+        keeper = self._upkeep()
+        hits = explain_search(
+            self._reads,
+            self.vectors(target),
+            keeper.fetch if keeper else (lambda ids: np.zeros((0, self.dim), np.float32)),
+            encoded[0],
+            encoded[1:],
+            np.array([p.negative for p in compound.parts], dtype=bool),
+            k * DEDUPE_DEPTH if dedupe else k,
+            filters or Filters(),
+            nprobe=nprobe,
+            combine=combine,
+            candidates=candidates,
+        )
+        if dedupe and keeper is not None and target == "image":
+            hits = collapse(hits, keeper.fetch)
+        return Explanation(text, compound.whole, parts, combine, hits[:k])
+
+    def duplicates(
+        self,
+        threshold: float = DUPLICATE_THRESHOLD,
+        pixel_threshold: float | None = DEFAULT_PIXEL_THRESHOLD,
+    ) -> list[DuplicateGroup]:
+        """Groups of near-duplicate images, largest first, the suggested keeper (most
+        pixels, then oldest) first in each. Nothing is deleted.
+
+        Args:
+            threshold: least embedding cosine of a candidate pair.
+            pixel_threshold: least thumbprint similarity of a pair's files (None: trust
+                the embeddings alone; see :mod:`mmsearch.nearcopy` for why not).
+        """
+        self._check_reembed_done()
+        keeper = self._upkeep()
+        if keeper is None or not self.catalog.count("image"):
+            return []
+        return find_groups(
+            self._reads, self.vectors("image"), keeper.fetch, threshold, pixel_threshold
+        )
+
+    def _deduped(
+        self,
+        query: Any,
+        k: int,
+        target: str | None,
+        include_self: bool,
+        nprobe: int | None,
+        filters: Filters | None,
+        lang: str | None = None,
+        text_encoder: str | None = None,
+    ) -> list[Hit]:
+        """:meth:`search` with near-duplicates folded: deeper until ``k`` distinct hits."""
+        keeper = self._upkeep()
+        depth = k * DEDUPE_DEPTH
+        while True:
+            hits = self.search(
+                query, depth, target, include_self, nprobe, filters, lang, text_encoder
+            )
+            if keeper is None or (target or "image") != "image":
+                return hits[:k]
+            kept = collapse(hits, keeper.fetch)
+            if len(kept) >= k or len(hits) < depth or depth >= 64 * k:
+                return kept[:k]
+            depth *= 4
 
 
 class _SessionEngine:

@@ -45,6 +45,10 @@ class Hit:
         width: image width in pixels (images only).
         height: image height in pixels (images only).
         tags: the item's tags from ``mmsearch tag``, most probable first (None: none).
+        query_score: an explained query's plain score (cosine with the whole query); then
+            ``score`` is the combination of it and the parts' scores.
+        part_scores: an explained query's cosine with each part, in the parts' order.
+        duplicates: ids of near-duplicates collapsed into this hit (``dedupe``).
     """
 
     id: int
@@ -56,6 +60,9 @@ class Hit:
     width: int | None = None
     height: int | None = None
     tags: tuple[str, ...] | None = None
+    query_score: float | None = None
+    part_scores: tuple[float, ...] | None = None
+    duplicates: tuple[int, ...] | None = None
 
     @property
     def label(self) -> str:
@@ -262,3 +269,72 @@ class TagSummary:
         data = asdict(self)
         data["seconds"] = round(self.seconds, 3)
         return data
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The hits of a compound query and the parts it was split into.
+
+    Attributes:
+        query: the query as typed.
+        whole: its positive text (negative parts left out): what the plain query scores.
+        parts: ``{"text", "negative", "relation"?}`` of each part, in order.
+        combine: how the scores were combined (see :mod:`mmsearch.explain`).
+        hits: best first; each with ``query_score`` and ``part_scores`` (one per part).
+    """
+
+    query: str
+    whole: str
+    parts: list[dict[str, Any]]
+    combine: str
+    hits: list[Hit]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "whole": self.whole,
+            "parts": self.parts,
+            "combine": self.combine,
+            "hits": [h.to_dict() for h in self.hits],
+        }
+
+
+@dataclass(frozen=True)
+class DuplicateItem:
+    """One image of a group of near-duplicates.
+
+    Attributes:
+        id: catalog id.
+        path: the file.
+        width: pixels.
+        height: pixels.
+        date: capture date (EXIF) or else file modification time, seconds since the epoch.
+        score: cosine similarity of its embedding with the keeper's (1 for the keeper).
+        pixel: thumbprint similarity with the keeper (None: not checked).
+    """
+
+    id: int
+    path: str | None
+    width: int | None
+    height: int | None
+    date: float | None
+    score: float
+    pixel: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Near-duplicate images; ``items[0]`` is the suggested keeper (largest resolution,
+    then oldest). Nothing is ever deleted: this is a suggestion."""
+
+    items: tuple[DuplicateItem, ...]
+
+    @property
+    def keeper(self) -> DuplicateItem:
+        return self.items[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keeper": self.keeper.id, "items": [i.to_dict() for i in self.items]}

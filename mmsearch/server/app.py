@@ -54,6 +54,15 @@ class HitOut(BaseModel):
     height: int | None = None
     thumbnail: str | None = None
     file: str | None = None
+    query_score: float | None = None
+    part_scores: list[float] | None = None
+    duplicates: list[int] | None = None
+
+
+class PartOut(BaseModel):
+    text: str
+    negative: bool
+    relation: str | None = None
 
 
 class SearchOut(BaseModel):
@@ -63,6 +72,7 @@ class SearchOut(BaseModel):
     next_offset: int | None
     hits: list[HitOut]
     text_encoder: str | None = None  # the index's text encoder that encoded a text query
+    parts: list[PartOut] | None = None
 
 
 class ItemOut(BaseModel):
@@ -151,10 +161,20 @@ def _add_api(app: FastAPI, backend: Backend) -> None:
             str | None,
             Query(max_length=32, description="The index's text encoder to use (main …)."),
         ] = None,
+        explain: Annotated[
+            bool, Query(description="Split the query into parts; score hits on each.")
+        ] = False,
+        dedupe: Annotated[bool, Query(description="Fold near-duplicate images.")] = False,
     ) -> dict[str, Any]:
         """Images (or texts) matching a text (any language: a taught one is encoded by its
-        own text encoder)."""
-        page = await run_search(backend.search_text, q, target, k, offset, lang, text_encoder)
+        own text encoder). With ``explain``, ranked by how well they match every part of
+        the query, with ``parts`` and each hit's ``part_scores``."""
+        if explain:
+            page = await run_search(backend.explain_text, q, target, k, offset, dedupe)
+        elif dedupe:
+            page = await run_search(backend.search_text_deduped, q, target, k, offset)
+        else:
+            page = await run_search(backend.search_text, q, target, k, offset, lang, text_encoder)
         return {**_out(page, target, k, offset), "text_encoder": page.text_encoder}
 
     @app.post("/api/search/image", response_model=SearchOut, tags=["search"])
@@ -267,6 +287,7 @@ def _out(page: Page, target: str, k: int, offset: int) -> dict[str, Any]:
         "offset": offset,
         "next_offset": page.next_offset,
         "hits": [_hit(h) for h in page.hits],
+        **({"parts": page.parts} if page.parts is not None else {}),
     }
 
 

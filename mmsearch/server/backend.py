@@ -23,6 +23,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -46,6 +47,7 @@ class Page:
     hits: list[Hit]
     next_offset: int | None
     text_encoder: str | None = None  # which text encoder encoded a text query
+    parts: list[dict[str, Any]] | None = None  # an explained query's parts
 
 
 class Backend:
@@ -112,6 +114,28 @@ class Backend:
             )
             tower = self.index.choose_text_encoder(text.strip(), lang, text_encoder)
         return dataclasses.replace(_page(hits, k, offset, depth), text_encoder=tower)
+
+    def explain_text(
+        self, text: str, target: str, k: int, offset: int, dedupe: bool = False
+    ) -> Page:
+        """Items matching a compound text query, ranked part-wise, each hit with its
+        score on every part (see :meth:`mmsearch.Index.explain`)."""
+        if not text.strip():
+            raise QueryError("empty query: give a text or an image")
+        depth = _depth(k, offset)
+        with self._lock:
+            result = self.index.explain(text, k=depth, target=target, dedupe=dedupe)
+        page = _page(result.hits, k, offset, depth)
+        return Page(page.hits, page.next_offset, result.parts)
+
+    def search_text_deduped(self, text: str, target: str, k: int, offset: int) -> Page:
+        """:meth:`search_text` with near-duplicates folded into the best hit."""
+        if not text.strip():
+            raise QueryError("empty query: give a text or an image")
+        depth = _depth(k, offset)
+        with self._lock:
+            hits = self.index.search(text, k=depth, target=target, dedupe=True)
+        return _page(hits, k, offset, depth)
 
     def search_image(self, image: Image.Image, target: str, k: int, offset: int) -> Page:
         """Items matching a query image (already decoded, RGB)."""

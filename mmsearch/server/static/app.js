@@ -10,7 +10,7 @@ const $ = (id) => document.getElementById(id);
 const el = {
   form: $("search"), q: $("q"), file: $("file"), pick: $("pick"), grid: $("grid"),
   status: $("status"), error: $("error"), empty: $("empty"), sentinel: $("sentinel"),
-  drop: $("drop"), viewer: $("viewer"), chip: $("query-chip"),
+  drop: $("drop"), viewer: $("viewer"), chip: $("query-chip"), explain: $("explain"),
   refine: $("refine"), follow: $("follow"), marks: $("marks"), refineGo: $("refine-go"),
 };
 const marks = new Map(); // item id -> "more" | "less", for the next refine
@@ -21,6 +21,7 @@ let nextOffset = null;
 let loading = false;
 let generation = 0; // bumps with each new query; stale responses are dropped
 let current = -1; // index in hits of the item in the viewer
+let parts = null; // an explained query's parts ({text, negative}), for the hover text
 
 // -- API -------------------------------------------------------------------------------
 
@@ -36,6 +37,7 @@ function searchRequest(offset) {
   const params = new URLSearchParams({ target: state.target, k: PAGE, offset });
   if (state.lang) params.set("lang", state.lang);
   if (state.session) return api(`api/sessions/${encodeURIComponent(state.session)}/hits?${params}`);
+  if (state.q && state.explain) params.set("explain", "1");
   if (state.q) return api(`api/search?q=${encodeURIComponent(state.q)}&${params}`);
   if (state.like) return api(`api/items/${state.like}/similar?${params}`);
   if (state.upload) {
@@ -53,6 +55,7 @@ function stateFromUrl() {
   const p = new URLSearchParams(location.search);
   const s = { target: p.get("target") === "text" ? "text" : "image" };
   if (/^[a-z]{2,3}$/.test(p.get("lang") || "")) s.lang = p.get("lang");
+  if (p.get("explain") === "1") s.explain = true;
   if (p.get("session")) s.session = p.get("session");
   else if (p.get("q")) s.q = p.get("q");
   else if (/^\d+$/.test(p.get("like") || "")) s.like = p.get("like");
@@ -65,6 +68,7 @@ function urlFor(s) {
   if (s.session) p.set("session", s.session);
   if (s.q) p.set("q", s.q);
   if (s.lang) p.set("lang", s.lang);
+  if (s.q && s.explain) p.set("explain", "1");
   if (s.like) p.set("like", s.like);
   if (s.upload) p.set("image", "upload");
   if (s.target === "text") p.set("target", "text");
@@ -93,6 +97,8 @@ function run(s) {
   el.grid.replaceChildren();
   el.grid.classList.toggle("texts", s.target === "text");
   el.q.value = s.q || "";
+  el.explain.checked = Boolean(s.explain);
+  parts = null;
   for (const b of document.querySelectorAll(".toggle button")) {
     b.setAttribute("aria-pressed", String(b.dataset.target === s.target));
   }
@@ -150,6 +156,7 @@ async function loadMore() {
       const rounds = page.turns - 1;
       el.chip.textContent = `Refined search: session ${page.session}, ${rounds} round${rounds === 1 ? "" : "s"} of feedback`;
     }
+    if (page.parts) parts = page.parts;
     const start = hits.length;
     hits.push(...page.hits);
     page.hits.forEach((h, i) => el.grid.append(card(h, start + i)));
@@ -183,7 +190,8 @@ function card(h, i) {
   const score = document.createElement("span");
   score.className = "score";
   score.textContent = h.score.toFixed(3);
-  score.title = "cosine similarity";
+  score.title = h.part_scores && parts ? explainTitle(h) : "cosine similarity";
+  if (h.part_scores && parts) b.title = score.title; // the whole card shows the parts
   const name = document.createElement("span");
   name.className = "name";
   if (h.modality === "text") {
@@ -289,6 +297,16 @@ async function refineSession() {
 el.refine.addEventListener("submit", (e) => { e.preventDefault(); refineSession(); });
 el.follow.addEventListener("input", renderMarks);
 
+// The hover text of an explained hit: its combined score, the whole query's, each part's.
+function explainTitle(h) {
+  const lines = [`combined ${h.score.toFixed(3)}`];
+  if (h.query_score != null) lines.push(`whole query ${h.query_score.toFixed(3)}`);
+  parts.forEach((p, i) => {
+    if (h.part_scores[i] != null) lines.push(`${p.negative ? "not " : ""}${p.text}: ${h.part_scores[i].toFixed(3)}`);
+  });
+  return lines.join("\n");
+}
+
 function basename(p) { return (p || "").split(/[\\/]/).pop(); }
 
 function formatBytes(n) {
@@ -357,7 +375,11 @@ el.viewer.addEventListener("close", () => {
 el.form.addEventListener("submit", (e) => {
   e.preventDefault();
   const q = el.q.value.trim();
-  if (q) go({ q, target: state.target, lang: state.lang });
+  if (q) go({ q, target: state.target, lang: state.lang, explain: el.explain.checked });
+});
+
+el.explain.addEventListener("change", () => {
+  if (state.q) go({ ...state, explain: el.explain.checked });
 });
 
 for (const b of document.querySelectorAll(".toggle button")) {
