@@ -1071,7 +1071,9 @@ def _examples(values: tuple[str, ...], option: str) -> list[int | str]:
     return out
 
 
-def _print_hits(hits: list[Any], as_json: bool, paths_only: bool, extra: dict[str, Any]) -> None:
+def _print_session_hits(
+    hits: list[Any], as_json: bool, paths_only: bool, extra: dict[str, Any]
+) -> None:
     if as_json:
         click.echo(json.dumps({**extra, "hits": [h.to_dict() for h in hits]}))
         return
@@ -1115,7 +1117,7 @@ def refine_cmd(
         session = index.session(name)
         hits = session.refine(positives, negatives, text, k=k, show_marked=show_marked)
         turn = len(session.turns) - 1
-    _print_hits(hits, as_json, paths_only, {"session": name, "turn": turn})
+    _print_session_hits(hits, as_json, paths_only, {"session": name, "turn": turn})
 
 
 @cli.group("session")

@@ -260,8 +260,12 @@ def test_part_wise_ranking_finds_pair_captions_at_least_as_often(shapes_model, t
 
     model_dir, _, _ = shapes_model
     result = bench.measure(model_dir, tmp_path, images=600, captions=60, seed=11)
-    plain = result["rates"]["plain"]
-    default = result["rates"]["default"]
+    rates = result["rates"]
     assert result["captions"] >= 50
-    assert default >= plain, result["rates"]
+    assert rates["default"] >= rates["plain"], rates
+    # The default must be the best measured ranking: splitting "A left of B" into its
+    # objects lost the pair's meaning (bench, seed 7: split/mean 0.50, objects/mean 0.40,
+    # against 0.95 for the relation kept whole). Should a split mode win, change the default.
+    assert rates["default"] >= max(rates.values()) - 0.05, rates
+    assert rates["split/mean"] < rates["default"], rates
     assert result["every_hit_scored"]
