@@ -186,7 +186,7 @@ def test_v1_index_is_migrated_and_dates_backfilled_without_encoding(tmp_path, mo
 
     _v1_catalog(idx / "catalog.sqlite")
     with Index.open(idx) as index:
-        assert index.catalog.schema_version == SCHEMA_VERSION == 2
+        assert index.catalog.schema_version == SCHEMA_VERSION
         assert all(r.taken_at is None for r in index.catalog.image_files())
 
         def no_model():
