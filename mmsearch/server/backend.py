@@ -126,7 +126,7 @@ class Backend:
         with self._lock:
             result = self.index.explain(text, k=depth, target=target, dedupe=dedupe)
         page = _page(result.hits, k, offset, depth)
-        return Page(page.hits, page.next_offset, result.parts)
+        return Page(page.hits, page.next_offset, parts=result.parts)
 
     def search_text_deduped(self, text: str, target: str, k: int, offset: int) -> Page:
         """:meth:`search_text` with near-duplicates folded into the best hit."""
