@@ -15,7 +15,6 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +42,11 @@ from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .catalog_base import (
+    ExampleFile,
     ItemRecord,
+    SessionRecord,
     SkipRecord,
+    TurnRecord,
     decode_path,
     encode_path,
     from_blobs,
@@ -196,58 +198,6 @@ class SessionFile(Base):
     role: Mapped[str] = mapped_column(String(8), primary_key=True)  # "more" | "less"
     path: Mapped[str] = mapped_column(FsText, primary_key=True)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float16, like items'
-
-
-@dataclass(frozen=True)
-class ExampleFile:
-    """An image file given as a positive or negative example, and its vector."""
-
-    path: str
-    vector: np.ndarray
-
-
-@dataclass(frozen=True)
-class TurnRecord:
-    """One turn of a search session, as stored.
-
-    Attributes:
-        seq: its place in the session (0: the start).
-        created: when (seconds since the epoch).
-        query: turn 0: the starting query (``Query.to_dict()``: terms and filters).
-        query_vector: turn 0: the starting query's vector.
-        text: a follow-up text ("at night").
-        text_vector: its vector.
-        more: ids of items marked as positives.
-        less: ids of items marked as negatives.
-        more_files: image files given as positives, with their vectors.
-        less_files: image files given as negatives.
-        shown: ids of the hits this turn showed, in order.
-    """
-
-    seq: int
-    created: float
-    query: dict[str, Any] | None = None
-    query_vector: np.ndarray | None = None
-    text: str | None = None
-    text_vector: np.ndarray | None = None
-    more: tuple[int, ...] = ()
-    less: tuple[int, ...] = ()
-    more_files: tuple[ExampleFile, ...] = ()
-    less_files: tuple[ExampleFile, ...] = ()
-    shown: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class SessionRecord:
-    """A stored search session (its turns apart)."""
-
-    name: str
-    created: float
-    updated: float
-    model: str
-    target: str
-    settings: dict[str, Any]
-    turns: int = 0
 
 
 def _v1_to_v2(s: Session) -> None:

@@ -24,14 +24,17 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .catalog import Catalog, ExampleFile, SessionRecord, TurnRecord
+from .catalog_base import ExampleFile, SessionRecord, TurnRecord
 from .errors import InvalidValueError, ItemNotFoundError, QueryError, SessionNotFoundError
 from .query import Filters, Query, Term
 from .results import Hit
+
+if TYPE_CHECKING:  # the ORM catalog is not imported on the query path
+    from .catalog import Catalog
 
 logger = logging.getLogger(__name__)
 

@@ -33,6 +33,14 @@ def test_import_mmsearch_loads_nothing_heavy():
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
 
 
+def test_the_query_path_imports_neither_torch_nor_sqlalchemy():
+    """What `mmsearch query` imports before it opens an index: the facade and everything it
+    imports at module level. (A session module importing the ORM catalog put 0.65 s of
+    SQLAlchemy back on every cold query; only the slow -X importtime test saw it.)"""
+    loaded = _modules_after("import mmsearch.cli, mmsearch.index")
+    assert not loaded & {"torch", "open_clip", "sqlalchemy"}, sorted(loaded)
+
+
 def test_contracts_kept_and_a_broken_one_fails(tmp_path):
     assert _lint_imports(ROOT).returncode == 0
     copy = tmp_path / "repo"
