@@ -21,6 +21,7 @@ match to a negative part.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,17 +121,8 @@ def parse_compound(text: str, relations: str = DEFAULT_RELATIONS) -> Compound:
     if not clean:
         raise QueryError("empty query: give a text")
     parts: list[Part] = []
-    negative = False
-    for token in _SEPARATOR.split(clean):
-        word = token.strip().lower()
-        if not word:
-            continue
-        if _SEPARATOR.fullmatch(token):
-            # "with no X", "but not X": a negator anywhere in a run of separators counts.
-            negative = negative or word in _NEGATORS
-            continue
-        parts.extend(_split_relation(token.strip(" .!?"), negative, relations))
-        negative = False
+    for segment, negative, _ in _segments(clean):
+        parts.extend(_split_relation(segment.strip(" .!?"), negative, relations))
     parts = _unique([p for p in parts if p.text])
     positives = [p for p in parts if not p.negative]
     if not positives:
@@ -158,6 +150,17 @@ def _whole_text(clean: str) -> str:
     """The positive text: the query minus its negative parts, with the words that joined
     the positive parts kept ("a red circle and a blue square")."""
     out = ""
+    for segment, negative, joint in _segments(clean):
+        piece = segment.strip(" .!?")
+        if not negative and piece:
+            glue = "".join(j if j in ",;" else f" {j}" for j in joint if j.lower() not in _NEGATORS)
+            out = f"{out}{glue} {piece}" if out else piece
+    return out
+
+
+def _segments(clean: str) -> Iterator[tuple[str, bool, list[str]]]:
+    """The text between separators, each with whether it is negative and the separators
+    before it. "with no X", "but not X": a negator anywhere in a run of separators counts."""
     joint: list[str] = []
     negative = False
     for token in _SEPARATOR.split(clean):
@@ -168,12 +171,8 @@ def _whole_text(clean: str) -> str:
             negative = negative or word in _NEGATORS
             joint.append(token.strip())
             continue
-        piece = token.strip(" .!?")
-        if not negative and piece:
-            glue = "".join(j if j in ",;" else f" {j}" for j in joint if j.lower() not in _NEGATORS)
-            out = f"{out}{glue} {piece}" if out else piece
+        yield token, negative, joint
         joint, negative = [], False
-    return out
 
 
 def _unique(parts: list[Part]) -> list[Part]:
