@@ -536,7 +536,8 @@ def query_cmd(
                 text_encoder=text_encoder,
                 dedupe=dedupe,
             )
-        texts = " ".join(t.value for t in query.terms if t.kind == "text")
+        # Which text encoder answered: only --json reports it (it reads the registry again).
+        texts = " ".join(t.value for t in query.terms if t.kind == "text") if as_json else ""
         tower = index.choose_text_encoder(texts, lang, text_encoder) if texts else None
     if as_json:
         out = {"query": query.to_dict(), "hits": [h.to_dict() for h in hits]}
