@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from indexer.common import EncoderLike
 from mmsearch import media
@@ -21,11 +21,25 @@ from mmsearch.config import ENV_DECODE_SCHEDULE
 from mmsearch.errors import InvalidValueError
 from mmsearch.media import EncodedImages, FileBytes, PreparedImage
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 #: How decoding and encoding share the CPU cores: ``alternate`` (default) — the decoding
 #: threads pause while the model runs, each phase gets every core; ``overlap`` — fewer
 #: decoding threads run beside a model with the remaining cores. On a GPU they always
 #: overlap (the CPU decodes while the GPU encodes).
 SCHEDULES = ("alternate", "overlap")
+
+
+@dataclass
+class Decoded:
+    """A payload decoded before the model was loaded (the decoding threads do not wait for
+    it): the picture as ``media.load_image`` gives it at reduced JPEG scale ``draft`` —
+    what a feed's ``prepare`` decodes too — still to be turned into the model's input by
+    :meth:`ImageFeed.from_decoded`."""
+
+    image: Image.Image
+    draft: int
 
 
 class ImageFeed(Protocol):
@@ -38,8 +52,11 @@ class ImageFeed(Protocol):
     lanes: int
     #: Whether the model runs on the CPU (its threads compete with the decoding threads).
     on_cpu: bool
+    #: The side JPEGs are decoded at (``media.draft_size`` of the model's input).
+    draft: int
 
     def prepare(self, path: str, data: FileBytes) -> PreparedImage: ...
+    def from_decoded(self, image: Image.Image) -> Any: ...
     def encode(self, batch: Sequence[PreparedImage], lane: int = 0) -> EncodedImages: ...
     def use_threads(self, threads: int | None) -> None: ...
     def close(self) -> None: ...
@@ -59,8 +76,12 @@ class PlainFeed:
     def prepare(self, path: str, data: FileBytes) -> PreparedImage:
         loaded = media.load_image(path, draft_size=self.draft, data=data)
         return PreparedImage(
-            loaded.width, loaded.height, loaded.taken, self.encoder.preprocess(loaded.image)
+            loaded.width, loaded.height, loaded.taken, self.from_decoded(loaded.image)
         )
+
+    def from_decoded(self, image: Image.Image) -> Any:
+        """The model's input from a picture decoded as ``prepare`` decodes it."""
+        return self.encoder.preprocess(image)
 
     def encode(self, batch: Sequence[PreparedImage], lane: int = 0) -> EncodedImages:
         return EncodedImages(self.encoder.encode_image_tensors([p.payload for p in batch]), {})

@@ -7,6 +7,11 @@ from whatever is decoded and encodes them (:mod:`indexer.feed`); this thread com
 encoded batch to the catalog while the next one encodes. Content already stored (renamed,
 moved, duplicate files) reuses its stored embedding at the end of the run.
 
+The model is loaded only once a file needs encoding, and — when the caller knows the
+model's input size beforehand (``image_size``) — in a thread of its own while the decoding
+threads go on decoding: loading a ViT-B-32 on the CPU (importing torch, building the model,
+reading its weights) takes seconds that would otherwise pass with nothing decoded.
+
 Each batch is committed to the catalog in one transaction, so an interrupted run keeps
 what it finished and the next run picks up the rest (those files are then unchanged).
 The vector indexes are brought up to date from the catalog afterwards by the caller.
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from indexer.common import DEFAULT_BATCH, EncoderLike
-from indexer.feed import ImageFeed, ThreadBudget, feed_for, thread_budget
+from indexer.feed import Decoded, ImageFeed, ThreadBudget, feed_for, thread_budget
 from indexer.reading import (
     POLL,
     DecodingThreads,
@@ -44,6 +49,8 @@ from mmsearch.media import (
     PreparedImage,
     content_hash,
     date_taken,
+    draft_size,
+    load_image,
     missing_decoder,
 )
 from mmsearch.results import ProgressFactory, RunSummary, Skipped, no_progress
@@ -84,6 +91,7 @@ def index_images(
     progress: ProgressFactory | None = None,
     retry_skipped: bool = False,
     encode_jobs: JobEncoder | None = None,
+    image_size: int | None = None,
 ) -> RunSummary:
     """Bring the catalog's images under ``roots`` up to date with the disk.
 
@@ -112,6 +120,10 @@ def index_images(
             (after installing a decoder, say).
         encode_jobs: encodes and commits the planned jobs elsewhere instead of here
             (:meth:`indexer.distributed.RayEncoding.encode_images`: on a Ray cluster).
+        image_size: the model's input side when known without loading it
+            (``mmsearch.models.input_size``): files are then decoded while the model loads
+            in a thread of its own. It must be the loaded encoder's ``image_size`` (the
+            decoding scale depends on it); None: the decoding threads wait for the model.
 
     Returns:
         The run's :class:`RunSummary`.
@@ -146,7 +158,7 @@ def index_images(
         failed = encode_jobs(catalog, jobs, get_encoder, progress, summary) if jobs else []
     else:
         if to_read:
-            run = _Run(catalog, to_read, changed, stored_hashes, budget)
+            run = _Run(catalog, to_read, changed, stored_hashes, budget, image_size)
             bar = _LazyBar(progress, len(to_read), "indexing images")
             try:
                 outcome = run.execute(get_encoder, batch_size, bar, summary)
@@ -404,6 +416,7 @@ class _Run:
         changed: dict[FileEntry, KnownFile],
         stored_hashes: set[str],
         budget: ThreadBudget,
+        image_size: int | None = None,
     ) -> None:
         self.catalog = catalog
         self.entries = entries
@@ -420,11 +433,44 @@ class _Run:
         self.lanes: list[threading.Thread] = []
         self.get_encoder: Callable[[], EncoderLike] | None = None
         self.decoders: DecodingThreads | None = None
+        # Decoding before the model is loaded: the reduced JPEG scale the feed will use.
+        self.early_draft = draft_size(image_size) if image_size else None
+        self.loader: threading.Thread | None = None
+        self.loader_lock = threading.Lock()
+        self.mismatch_logged = False
 
-    # -- the model, loaded by the first decoding thread that needs it -----------------------
+    # -- the model: loaded once a file needs it, by that decoding thread or beside them ----
 
     def _prepare(self, path: str, data: FileBytes) -> PreparedImage:
-        return self._load_feed().prepare(path, data)
+        feed = self.feed
+        if feed is not None or self.early_draft is None:
+            return self._load_feed().prepare(path, data)
+        self._start_loader()
+        if self.feed_error is not None:
+            raise FeedUnavailable(self.feed_error)
+        # Decoded now as the feed's prepare would; its preprocessing follows once it is
+        # loaded (``_finish_early``).
+        loaded = load_image(path, draft_size=self.early_draft, data=data)
+        return PreparedImage(
+            loaded.width, loaded.height, loaded.taken, Decoded(loaded.image, self.early_draft)
+        )
+
+    def _start_loader(self) -> None:
+        """Load the model in a thread of its own (once), while the decoders go on (not
+        under ``feed_lock``: the loader holds that while it loads)."""
+        with self.loader_lock:
+            if self.loader is not None:
+                return
+            self.loader = threading.Thread(
+                target=self._load_beside, name="mmsearch-load-model", daemon=True
+            )
+            self.loader.start()
+
+    def _load_beside(self) -> None:
+        try:
+            self._load_feed()
+        except FeedUnavailable as exc:
+            self.results.put(_Fatal(exc.cause))
 
     def _load_feed(self) -> ImageFeed:
         feed = self.feed
@@ -471,7 +517,9 @@ class _Run:
                 )
                 if not batch:
                     break
-                items: list[ReadItem] = batch  # type: ignore[assignment]
+                items = self._finish_early(feed, batch)  # type: ignore[arg-type]
+                if not items:
+                    continue
                 self.gate.close()
                 try:
                     result = feed.encode([it.image for it in items], lane)  # type: ignore[misc]
@@ -482,6 +530,34 @@ class _Run:
             self.results.put(_Fatal(exc))
         finally:
             self.results.put(_LANE_DONE)
+
+    def _finish_early(self, feed: ImageFeed, batch: list[ReadItem]) -> list[ReadItem]:
+        """The batch with the model's preprocessing run on what was decoded before the
+        model was loaded; an image that preprocessing fails on leaves it as a failed item
+        (as ``read_item`` reports it)."""
+        items = []
+        for item in batch:
+            payload = item.image.payload if item.image is not None else None
+            if not isinstance(payload, Decoded):
+                items.append(item)
+                continue
+            if payload.draft != feed.draft and not self.mismatch_logged:
+                self.mismatch_logged = True
+                logger.warning(
+                    "decoded at %d px before the model loaded, which wants %d px: the "
+                    "image_size given to index_images is not the model's",
+                    payload.draft, feed.draft,
+                )  # fmt: skip
+            assert item.image is not None
+            try:
+                item.image.payload = feed.from_decoded(payload.image)
+            except Exception as exc:  # a bad image must not abort the run
+                logger.debug("preparing failed for %s", item.path, exc_info=True)
+                item.image, item.error = None, InputError(item.path, f"transform failed: {exc}")
+                self.results.put(item)
+                continue
+            items.append(item)
+        return items
 
     # -- this thread ----------------------------------------------------------------------
 
@@ -508,10 +584,14 @@ class _Run:
             on_error=lambda exc: self.results.put(_Fatal(exc)),
             on_finished=lambda: self.results.put(_DECODED_ALL),
         )
-        decoding, lanes = True, 0
+        if self.early_draft is not None:  # what may be decoded while the model loads
+            self.to_encode.maxsize = 2 * batch_size
+        decoding, lanes, loaded = True, 0, False
         try:
             self.decoders.start()
-            while decoding or lanes:
+            # A loader started by a decoding thread is seen before _DECODED_ALL (it was
+            # started before that thread finished): the run waits for the model.
+            while decoding or lanes or (self.loader is not None and not loaded):
                 msg = _get(self.results)
                 if msg is _DECODED_ALL:
                     decoding = False
@@ -526,6 +606,7 @@ class _Run:
                 elif isinstance(msg, _Fatal):
                     raise msg.error
                 elif isinstance(msg, _FeedReady):
+                    loaded = True
                     # Claimed before any embedding is stored (a different model is refused).
                     self.catalog.claim_model(msg.encoder.record())
                     self.to_encode.maxsize = 2 * batch_size * msg.feed.lanes
@@ -541,6 +622,8 @@ class _Run:
         self.gate.open()
         if self.decoders is not None:
             self.decoders.join()
+        if self.loader is not None:
+            self.loader.join()  # a model still loading when the run failed
         for t in self.lanes:
             t.join()
         if self.feed is not None:

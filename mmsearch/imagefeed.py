@@ -115,6 +115,11 @@ class TorchFeed:
         tensor = self.preprocess(loaded.image)
         return PreparedImage(loaded.width, loaded.height, loaded.taken, tensor)
 
+    def from_decoded(self, image: Any) -> torch.Tensor:
+        """The model's input from a picture decoded as the Pillow path decodes it (before
+        the model was loaded: see ``indexer.feed.Decoded``)."""
+        return self.preprocess(image)
+
     def preprocess(self, image: Any) -> torch.Tensor:
         """The model's preprocessing: its Pillow steps, then ``ToTensor`` and ``Normalize``
         in numpy — the same float32 operations, but without torch's intra-op threads, which

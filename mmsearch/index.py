@@ -47,7 +47,7 @@ from .languages import TextEncoderInfo, choose, dump_registry, parse_registry
 from .languages import check_name as check_encoder_name
 from .lock import WriterLock
 from .media import content_hash, draft_size, load_image
-from .models import ModelSpec, model_record, resolve_model, spec_from_record
+from .models import ModelSpec, input_size, model_record, resolve_model, spec_from_record
 from .nearcopy import DEFAULT_PIXEL_THRESHOLD
 from .query import Filters, Query, Term
 from .refine import Session, SessionInfo, session_info
@@ -316,6 +316,8 @@ class Index:
             progress=progress,
             retry_skipped=retry_skipped,
             encode_jobs=_ray_encoding(ray).encode_images if ray else None,
+            # Known without loading the model: files are decoded while it loads.
+            image_size=None if self._encoder is not None else input_size(self._spec()),
         )
         self._reload_model_info()
         self.refresh("image")

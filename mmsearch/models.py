@@ -125,6 +125,24 @@ def architecture_config(name: str) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
+def input_size(spec: ModelSpec) -> int | None:
+    """The side, in pixels, of the square a model's image tower takes (what a loaded
+    encoder's ``image_size`` says), read from its architecture config without loading
+    the model; None when the config does not say (a hub model, an unreadable config)."""
+    try:
+        cfg = architecture_config(spec.model)
+    except (ModelError, OSError, ValueError, KeyError):
+        return None
+    if spec.model.startswith(CN_CLIP_PREFIX):
+        size = cfg.get("image_resolution")
+    else:
+        vision = cfg.get("vision_cfg")
+        size = vision.get("image_size") if isinstance(vision, dict) else None
+    if isinstance(size, (list, tuple)) and size:
+        size = max(size)
+    return int(size) if isinstance(size, (int, float)) and size > 0 else None
+
+
 def pretrained_tags(name: str) -> list[str]:
     """The pretrained tags open_clip knows for an architecture."""
     return list(_pretrained_table().list_pretrained_tags_by_model(name))

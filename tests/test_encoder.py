@@ -200,6 +200,20 @@ def test_save_and_load_directory(tiny: Encoder, images: list[Image.Image], tmp_p
     assert loaded.save(tmp_path / "copy").identity == spec.identity
 
 
+def test_input_size_known_without_loading_is_the_loaded_encoders(
+    tiny: Encoder, tmp_path: Path
+) -> None:
+    """The indexer decodes at a scale derived from this before the model loads: it must be
+    what the loaded encoder says, for a built-in architecture and for a model directory."""
+    assert mmsearch.models.input_size(tiny.spec) == tiny.image_size == 64
+    spec = tiny.save(tmp_path / "model")
+    assert mmsearch.models.input_size(spec) == Encoder.load(spec, device="cpu").image_size
+    vit = resolve_model("ViT-B-32", str(tmp_path / "none.safetensors"))
+    assert mmsearch.models.input_size(vit) == 224  # open_clip's ViT-B-32 config
+    hub = mmsearch.models.ModelSpec("hf-hub:x/y", None, "i", "d")
+    assert mmsearch.models.input_size(hub) is None
+
+
 # -- failing fast without weights ---------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from conftest import noise_image
 from indexer.pipeline import index_images
 from indexer.reembed import reembed
 from indexer.texts import TextRecord, index_texts
-from mmsearch.errors import ModelMismatchError
+from mmsearch.errors import ModelError, ModelMismatchError
 
 DIM = 8
 
@@ -154,6 +155,79 @@ def test_another_model_is_refused_before_anything_is_stored(catalog, folder):
     with pytest.raises(ModelMismatchError):
         _run(catalog, folder, FakeEncoder("other"))
     assert "new.png" not in _paths(catalog)
+
+
+def _vectors(catalog) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    rows = catalog.image_files()
+    ids, vecs = catalog.embeddings([r.id for r in rows], DIM)
+    assert ids == [r.id for r in rows]
+    return {Path(r.path).name: v for r, v in zip(rows, vecs, strict=True)}
+
+
+def test_files_are_decoded_while_the_model_loads_and_indexed_the_same(
+    catalog, folder, tmp_path, monkeypatch
+):
+    """With the model's input size known beforehand, the model loads in a thread of its
+    own: this loader waits until every file has been decoded (without early decoding it
+    would wait in vain), and the embeddings equal those of a run that decoded after."""
+    import indexer.pipeline
+    from mmsearch.catalog import Catalog
+
+    decoded, real_load = [], indexer.pipeline.load_image
+    all_decoded = threading.Event()
+
+    def counting_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real_load(*args, **kwargs)
+        decoded.append(1)
+        if len(decoded) == 5:
+            all_decoded.set()
+        return out
+
+    monkeypatch.setattr(indexer.pipeline, "load_image", counting_load)
+    waited = []
+
+    def slow_load() -> FakeEncoder:
+        waited.append(all_decoded.wait(timeout=30))
+        return FakeEncoder()
+
+    summary = index_images(catalog, [folder], slow_load, batch_size=3, image_size=16)
+    assert waited == [True] and summary.added == 5
+    with Catalog(tmp_path / "plain" / "catalog.sqlite") as plain:
+        index_images(plain, [folder], FakeEncoder, batch_size=2)
+        expected = _vectors(plain)
+    got = _vectors(catalog)
+    assert got.keys() == expected.keys()
+    for name, vec in expected.items():
+        np.testing.assert_array_equal(got[name], vec)
+
+
+def test_a_model_failing_to_load_beside_the_decoders_ends_the_run(catalog, folder):
+    def broken() -> FakeEncoder:
+        raise ModelError("cannot load model for the test")
+
+    with pytest.raises(ModelError, match="for the test"):
+        index_images(catalog, [folder], broken, image_size=16)
+    assert catalog.count("image") == 0
+
+
+def test_preprocessing_after_early_decoding_fails_one_file_not_the_run(catalog, folder):
+    class Picky(FakeEncoder):
+        def preprocess(self, image):  # type: ignore[no-untyped-def]
+            if image.size == (40, 30):
+                raise ValueError("odd size")
+            return super().preprocess(image)
+
+    noise_image(9, size=(40, 30)).save(folder / "odd.png")
+    summary = index_images(catalog, [folder], Picky, image_size=16)
+    reasons = {Path(s.path).name: s.reason for s in summary.skipped}
+    assert reasons == {"odd.png": "transform failed: odd size"} and summary.added == 5
+
+
+def test_a_wrong_input_size_is_logged_and_the_run_goes_on(catalog, folder, caplog):
+    with caplog.at_level("WARNING", logger="indexer.pipeline"):
+        summary = index_images(catalog, [folder], FakeEncoder, image_size=300)
+    assert summary.added == 5
+    assert "is not the model's" in caplog.text
 
 
 def test_texts_stored_once_and_truncation_counted(catalog):
