@@ -19,7 +19,7 @@ from PIL import Image
 from mmsearch.encoder import Encoder
 from mmsearch.errors import ExportError, QueryRuntimeError
 from mmsearch.export import export_model
-from mmsearch.runtime import QueryRuntime
+from mmsearch.runtime import QueryRuntime, towers
 from mmsearch.runtime.preprocess import ImageTransform
 from mmsearch.runtime.tokenizer import ClipTokenizer, write_tables
 
@@ -371,9 +371,9 @@ def _count_self_tests(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = QueryRuntime.self_test_output
 
-    def counted(self: QueryRuntime, tower: str) -> np.ndarray:
+    def counted(self: QueryRuntime, tower: str, session: object = None) -> np.ndarray:
         calls.append(tower)
-        return real(self, tower)
+        return real(self, tower, session)
 
     monkeypatch.setattr(QueryRuntime, "self_test_output", counted)
     return calls
@@ -406,6 +406,44 @@ def test_self_test_runs_again_only_when_files_change(
     # The image tower's files did not change: still verified.
     QueryRuntime.load(rt, towers=("image",))
     assert calls == ["text", "image", "text"]
+
+
+def test_free_cores_counts_the_other_running_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loadavg = tmp_path / "loadavg"
+    monkeypatch.setattr(towers, "_LOADAVG", str(loadavg))
+    loadavg.write_text("0.50 0.40 0.30 1/230 4242\n")  # only the caller runs
+    assert towers.free_cores(2) == 2
+    loadavg.write_text("1.10 0.90 0.70 2/230 4242\n")  # one busy neighbour
+    assert (towers.free_cores(2), towers.free_cores(16)) == (1, 15)
+    loadavg.write_text("9.00 9.00 9.00 12/230 4242\n")  # a crowd: still one thread
+    assert towers.free_cores(2) == 1
+    loadavg.write_text("garbage")  # unreadable (or not Linux): every core
+    assert towers.free_cores(4) == 4
+
+
+def test_a_busy_machine_gets_a_one_thread_session_with_the_same_answers(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beside a process that keeps a core busy, a query runs on a one-thread session
+    (a second thread would wait for the busy core at every layer); the answers are the
+    same, and the tower is self-tested once, not per session."""
+    calls = _count_self_tests(monkeypatch)
+    loadavg = tmp_path / "loadavg"
+    monkeypatch.setattr(towers, "_LOADAVG", str(loadavg))
+    monkeypatch.setattr(towers.os, "cpu_count", lambda: 2)
+    rt = QueryRuntime.load(_copy(exported, tmp_path / "rt"), towers=())
+    loadavg.write_text("0.1 0.1 0.1 1/100 1\n")
+    idle = rt.encode_texts(TEXTS)
+    loadavg.write_text("1.0 1.0 1.0 2/100 1\n")
+    busy = rt.encode_texts(TEXTS)
+    np.testing.assert_allclose(busy, idle, atol=1e-6)
+    sessions = {
+        key: s.get_session_options().intra_op_num_threads for key, s in rt._sessions.items()
+    }
+    assert sessions == {("text", 2): 2, ("text", 1): 1}
+    assert calls == ["text"]
 
 
 def test_changed_runtime_json_or_tokenizer_is_tested_again(

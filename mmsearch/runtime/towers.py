@@ -2,8 +2,12 @@
 
 Sessions run on onnxruntime's CPU provider (CUDA first when the installed onnxruntime
 has it). A query is one small batch, so the sessions are set up not to compete with a
-busy machine: at most two intra-op threads that sleep instead of spinning, one inter-op
-thread, sequential execution.
+busy machine: intra-op threads that sleep instead of spinning, one inter-op thread,
+sequential execution — and as many intra-op threads (at most two) as there are cores free
+when the query comes (:func:`free_cores`). Two threads encode a query's text in about
+two-thirds of one thread's time on an idle machine, but beside a process that keeps a
+core busy the second thread waits for that core at every layer; the runtime then uses a
+one-thread session of the same tower (created on first need) on the free core.
 
 What a cold query pays for is kept small: a tower's session is created on its first use
 (a text query never loads the image tower); a tower optimised by onnxruntime at export
@@ -34,15 +38,34 @@ from .tokenizer import ClipTokenizer
 logger = logging.getLogger(__name__)
 
 TOWERS = ("text", "image")
+#: Most intra-op threads a session gets: a query is one small batch, and beyond two
+#: threads the weights' memory bandwidth, not compute, bounds the text tower.
+MAX_THREADS = 2
+_LOADAVG = "/proc/loadavg"
 
 
-def _session_options(ort: Any, optimized: bool = False, prepack: bool = True) -> Any:
+def free_cores(cores: int | None = None) -> int:
+    """Cores not taken by other threads right now: the cores minus the threads running
+    or waiting to run besides the caller (Linux's ``/proc/loadavg``, an instantaneous
+    count, not an average), at least 1; all the cores where that cannot be read."""
+    cores = cores or os.cpu_count() or 1
+    try:
+        with open(_LOADAVG, encoding="ascii") as f:
+            runnable = int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return cores
+    return max(1, cores - max(0, runnable - 1))
+
+
+def _session_options(
+    ort: Any, optimized: bool = False, prepack: bool = True, threads: int = MAX_THREADS
+) -> Any:
     opts = ort.SessionOptions()
     if optimized:  # optimised at export: doing it again costs start-up and changes nothing
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if not prepack:  # see QueryRuntime.load
         opts.add_session_config_entry("session.disable_prepacking", "1")
-    opts.intra_op_num_threads = min(2, os.cpu_count() or 1)
+    opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Spinning threads burn a core each while waiting; a query is too short to gain from it.
@@ -85,7 +108,8 @@ class QueryRuntime:
         self.transform = _load_transform(path, meta)
         self.image_size = max(self.transform.size)
         self._ort = ort
-        self._sessions: dict[str, Any] = {}
+        self._sessions: dict[tuple[str, int], Any] = {}  # (tower, threads) → session
+        self._most_threads = max(1, min(MAX_THREADS, os.cpu_count() or 1))
         self._require_self_test = True
         self._prepack = True
 
@@ -179,9 +203,9 @@ class QueryRuntime:
         """True when ``text`` is longer than the model's context and will be cut."""
         return self.count_tokens(text) > self.context_length
 
-    def _run(self, tower: str, feed: dict[str, np.ndarray]) -> np.ndarray:
+    def _run(self, tower: str, feed: dict[str, np.ndarray], session: Any = None) -> np.ndarray:
         try:
-            (out,) = self._session(tower).run([fmt.OUTPUT], feed)
+            (out,) = (session or self._session(tower)).run([fmt.OUTPUT], feed)
         except QueryRuntimeError:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -190,14 +214,26 @@ class QueryRuntime:
         # The graph normalises already; again here so rows are unit length in float32.
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
-    def _session(self, tower: str) -> Any:
-        session = self._sessions.get(tower)
+    def threads_now(self) -> int:
+        """Intra-op threads for an inference starting now: up to :data:`MAX_THREADS`, no
+        more than the cores free (:func:`free_cores`)."""
+        if self._most_threads == 1:
+            return 1
+        return min(self._most_threads, free_cores())
+
+    def _session(self, tower: str, threads: int | None = None) -> Any:
+        """The tower's session with ``threads`` intra-op threads (default: as many as are
+        free now), created on first use; the first of a tower is self-tested."""
+        threads = threads or self.threads_now()
+        session = self._sessions.get((tower, threads))
         if session is None:
-            fingerprint = self._fingerprint(tower)  # before reading: a later change re-tests
-            session = self._create_session(tower)
-            self._sessions[tower] = session
-            if not self._verified(tower, fingerprint) and self._self_test(tower):
+            first = not any(t == tower for t, _ in self._sessions)
+            fingerprint = self._fingerprint(tower) if first else {}  # before reading
+            session = self._create_session(tower, threads)
+            tested = first and not self._verified(tower, fingerprint)
+            if tested and self._self_test(tower, session):
                 self._record_verified(tower, fingerprint)
+            self._sessions[(tower, threads)] = session
         return session
 
     def _tower_files(self, tower: str) -> list[str]:
@@ -255,11 +291,11 @@ class QueryRuntime:
             logger.debug("cannot record the %s tower's verification: %s", tower, exc)
             tmp.unlink(missing_ok=True)
 
-    def self_test_output(self, tower: str) -> np.ndarray:
+    def self_test_output(self, tower: str, session: Any = None) -> np.ndarray:
         """The tower's embedding of its fixed self-test input (see :func:`self_test_input`)."""
-        return self._run(tower, {_INPUTS[tower]: self_test_input(tower, self)})[0]
+        return self._run(tower, {_INPUTS[tower]: self_test_input(tower, self)}, session)[0]
 
-    def _self_test(self, tower: str) -> bool:
+    def _self_test(self, tower: str, session: Any) -> bool:
         """Weights damaged in place (same size) would give wrong answers: encode a fixed
         input and compare with the embedding recorded at export. One small inference.
         Returns whether it ran (a tower without a recorded embedding is not tested when
@@ -269,15 +305,14 @@ class QueryRuntime:
             return False
         if not isinstance(expected, list) or len(expected) != self.dim:
             raise QueryRuntimeError(self.path, f"runtime.json lacks the {tower} self-test")
-        cosine = float(self.self_test_output(tower) @ np.asarray(expected, np.float32))
+        cosine = float(self.self_test_output(tower, session) @ np.asarray(expected, np.float32))
         if not cosine >= fmt.MIN_COSINE:  # written so that NaN fails too
-            self._sessions.pop(tower, None)
             raise QueryRuntimeError(
                 self.path, f"the {tower} tower fails its self-test (cosine {cosine:.6f})"
             )
         return True
 
-    def _create_session(self, tower: str) -> Any:
+    def _create_session(self, tower: str, threads: int) -> Any:
         if tower not in TOWERS:
             raise ValueError(f"unknown tower {tower!r} (known: {', '.join(TOWERS)})")
         if tower not in self.meta["towers"]:
@@ -290,7 +325,7 @@ class QueryRuntime:
         try:
             session = self._ort.InferenceSession(
                 str(file),
-                sess_options=_session_options(self._ort, optimized, self._prepack),
+                sess_options=_session_options(self._ort, optimized, self._prepack, threads),
                 providers=providers,
             )
         except Exception as exc:  # onnxruntime raises its own exception types
