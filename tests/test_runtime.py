@@ -432,7 +432,7 @@ def test_a_busy_machine_gets_a_one_thread_session_with_the_same_answers(
     calls = _count_self_tests(monkeypatch)
     loadavg = tmp_path / "loadavg"
     monkeypatch.setattr(towers, "_LOADAVG", str(loadavg))
-    monkeypatch.setattr(towers.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(towers, "_CORES", 2)
     rt = QueryRuntime.load(_copy(exported, tmp_path / "rt"), towers=())
     loadavg.write_text("0.1 0.1 0.1 1/100 1\n")
     idle = rt.encode_texts(TEXTS)

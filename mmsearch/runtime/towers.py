@@ -42,13 +42,14 @@ TOWERS = ("text", "image")
 #: threads the weights' memory bandwidth, not compute, bounds the text tower.
 MAX_THREADS = 2
 _LOADAVG = "/proc/loadavg"
+_CORES = os.cpu_count() or 1  # asked once: each call reads /sys
 
 
 def free_cores(cores: int | None = None) -> int:
     """Cores not taken by other threads right now: the cores minus the threads running
     or waiting to run besides the caller (Linux's ``/proc/loadavg``, an instantaneous
     count, not an average), at least 1; all the cores where that cannot be read."""
-    cores = cores or os.cpu_count() or 1
+    cores = cores or _CORES
     try:
         with open(_LOADAVG, encoding="ascii") as f:
             runnable = int(f.read().split()[3].split("/")[0])
@@ -109,7 +110,7 @@ class QueryRuntime:
         self.image_size = max(self.transform.size)
         self._ort = ort
         self._sessions: dict[tuple[str, int], Any] = {}  # (tower, threads) → session
-        self._most_threads = max(1, min(MAX_THREADS, os.cpu_count() or 1))
+        self._most_threads = max(1, min(MAX_THREADS, _CORES))
         self._require_self_test = True
         self._prepack = True
 
