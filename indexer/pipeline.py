@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from indexer.common import DEFAULT_BATCH, EncoderLike
-from indexer.feed import Decoded, ImageFeed, ThreadBudget, feed_for, thread_budget
+from indexer.feed import Decoded, ImageFeed, ThreadBudget, cpu_cores, feed_for, thread_budget
 from indexer.reading import (
     POLL,
     DecodingThreads,
@@ -437,6 +437,9 @@ class _Run:
         self.early_draft = draft_size(image_size) if image_size else None
         self.loader: threading.Thread | None = None
         self.loader_lock = threading.Lock()
+        # While the model loads (one core's work: imports, building, weights) the decoders
+        # leave it a core: decoding beside it on every core slowed the load by half.
+        self.early_slots = threading.Semaphore(max(1, min(budget.decoders, cpu_cores() - 1)))
         self.mismatch_logged = False
 
     # -- the model: loaded once a file needs it, by that decoding thread or beside them ----
@@ -450,7 +453,8 @@ class _Run:
             raise FeedUnavailable(self.feed_error)
         # Decoded now as the feed's prepare would; its preprocessing follows once it is
         # loaded (``_finish_early``).
-        loaded = load_image(path, draft_size=self.early_draft, data=data)
+        with self.early_slots:
+            loaded = load_image(path, draft_size=self.early_draft, data=data)
         return PreparedImage(
             loaded.width, loaded.height, loaded.taken, Decoded(loaded.image, self.early_draft)
         )
