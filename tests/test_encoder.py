@@ -200,6 +200,37 @@ def test_save_and_load_directory(tiny: Encoder, images: list[Image.Image], tmp_p
     assert loaded.save(tmp_path / "copy").identity == spec.identity
 
 
+def test_a_checkpoint_load_skips_the_random_init_it_would_overwrite(
+    tiny: Encoder, images: list[Image.Image], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every parameter of a model directory (or checkpoint file) is loaded strictly, so
+    its random initialisation is skipped: no random draws, the same embeddings; the random
+    tiny model is still initialised (seeded); torch.nn.init is left as it was."""
+    import torch
+
+    out = tmp_path / "model"
+    tiny.save(out)
+    draws: list[str] = []
+    for name in ("normal_", "uniform_"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, _name=name, **k):  # type: ignore[no-untyped-def]
+            draws.append(_name)
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    import torch.nn.modules.activation as attention
+
+    before = dict(vars(torch.nn.init)), dict(vars(attention))
+    loaded = Encoder.load(out, device="cpu")
+    assert draws == []
+    np.testing.assert_allclose(loaded.encode_images(images), tiny.encode_images(images), atol=1e-6)
+    np.testing.assert_allclose(loaded.encode_texts(TEXTS), tiny.encode_texts(TEXTS), atol=1e-6)
+    Encoder.load(TINY, device="cpu")
+    assert draws  # the tiny model has no checkpoint: initialised
+    assert (dict(vars(torch.nn.init)), dict(vars(attention))) == before
+
+
 def test_input_size_known_without_loading_is_the_loaded_encoders(
     tiny: Encoder, tmp_path: Path
 ) -> None:
@@ -208,7 +239,7 @@ def test_input_size_known_without_loading_is_the_loaded_encoders(
     assert mmsearch.models.input_size(tiny.spec) == tiny.image_size == 64
     spec = tiny.save(tmp_path / "model")
     assert mmsearch.models.input_size(spec) == Encoder.load(spec, device="cpu").image_size
-    vit = resolve_model("ViT-B-32", str(tmp_path / "none.safetensors"))
+    vit = mmsearch.models.ModelSpec("ViT-B-32", "weights.safetensors", "i", "d")
     assert mmsearch.models.input_size(vit) == 224  # open_clip's ViT-B-32 config
     hub = mmsearch.models.ModelSpec("hf-hub:x/y", None, "i", "d")
     assert mmsearch.models.input_size(hub) is None
