@@ -28,6 +28,9 @@ the run, and ``uptime``'s load is recorded beside each):
   Python's start-up nor the ONNX export, which happens once into a shared cache in a
   warm-up run). Cases: warm page cache, cold page cache (``posix_fadvise(DONTNEED)`` on
   every file first, or ``drop_caches`` when writable), the ``overlap`` schedule, 2 MP.
+* ``ratio_adjacent_*``: each end-to-end run against the model-only rate measured right
+  beside it (a ``--slice-images`` slice just before and just after it, averaged): the
+  machine's speed drifts within a run, and a ratio of time-adjacent rates drifts less.
 * ``ceiling``: from the measured CPU costs per image (the model's CPU time over all its
   threads; one thread's read + hash + decode + preprocess), the best a perfect split of
   the cores could do: ``model_core_ms / (model_core_ms + decode_core_ms)`` of the
@@ -311,12 +314,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["decode_2mp"] = decode_costs(feed, small, min(args.n2mp, 24))
     if args.device.startswith("cuda") or args.agreement:
         results["agreement_device_vs_pillow"] = agreement(feed, small or big, 16)
-    feed.close()
 
     # Warm-up: a first run exports the model into the shared cache (once).
     warm = corpus(workdir, "2mp", 4, None)
     end_to_end(warm, workdir, weights, args.device, {})
     e2e: dict[str, Any] = {}
+    # A model-only slice right before each end-to-end run and one after the last: each run
+    # is also compared with the model-only rate measured next to it (the machine's speed
+    # drifts within a run: the before/after rates differ by up to 20 % here).
+    slices = [model_only(feed, args.slice_images, batch)]
     for name, folder, env, cold in [
         ("12mp_warm", big, {}, False),
         ("12mp_cold", big, {}, True),
@@ -331,9 +337,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for p in folder.iterdir():  # into the page cache
                 p.read_bytes()
         e2e[name] = {**end_to_end(folder, workdir, weights, args.device, env), "cache": how}
+        slices.append(model_only(feed, args.slice_images, batch))
+        adjacent = (slices[-2]["images_per_s"] + slices[-1]["images_per_s"]) / 2
+        e2e[name]["model_only_adjacent_images_per_s"] = round(adjacent, 2)
     results["end_to_end"] = e2e
-    feed = TorchFeed(encoder)
-    feed.use_threads(budget.model_threads if feed.on_cpu else None)
+    results["model_only_slices"] = slices
     results["model_only_after"] = model_only(feed, args.model_images, batch)
     feed.close()
     results["uptime_end"] = _uptime()
@@ -346,6 +354,10 @@ def summarise(r: dict[str, Any], cores: int) -> dict[str, Any]:
     out: dict[str, Any] = {"model_only_images_per_s": round(model, 2)}
     for name, e in r["end_to_end"].items():
         out[f"ratio_{name}"] = round(e["images_per_s"] / model, 3)
+    for name, e in r["end_to_end"].items():  # against the model-only slices beside the run
+        if "model_only_adjacent_images_per_s" in e:
+            adjacent = e["images_per_s"] / e["model_only_adjacent_images_per_s"]
+            out[f"ratio_adjacent_{name}"] = round(adjacent, 3)
     d = r["decode_12mp"]
     if r["machine"]["device"] == "cpu":
         # CPU time, not wall time: on a shared machine the wall time counts waiting too.
@@ -373,6 +385,9 @@ def main() -> None:
     parser.add_argument("--n2mp", type=int, default=96, help="2 MP JPEGs (0: none)")
     parser.add_argument("--distinct", type=int, help="different pictures (rest: copies)")
     parser.add_argument("--model-images", type=int, default=128, help="images per model-only run")
+    parser.add_argument(
+        "--slice-images", type=int, default=64, help="images per model-only slice beside each run"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda")
     parser.add_argument("--no-variants", dest="variants", action="store_false",
                         help="leave out the overlap-schedule run")  # fmt: skip
