@@ -9,28 +9,24 @@ with mmsearch.Index.open("~/photos-index") as index:
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from . import config
-from .ann.faiss_index import VectorIndex
-from .ann.policy import choose_spec
-from .ann.upkeep import Upkeep
-from .ann.upkeep import check as check_derived
-from .catalog_base import ItemRecord, from_blobs
-from .catalog_reader import CatalogReader
-from .compound import CANDIDATE_FACTOR, explain_search
-from .duplicates import DEDUPE_DEPTH, collapse, find_groups
-from .duplicates import DEFAULT_THRESHOLD as DUPLICATE_THRESHOLD
-from .errors import (
+from .. import config
+from ..ann.faiss_index import VectorIndex
+from ..ann.policy import choose_spec
+from ..ann.upkeep import Upkeep
+from ..ann.upkeep import check as check_derived
+from ..catalog_base import ItemRecord, from_blobs
+from ..catalog_reader import CatalogReader
+from ..errors import (
     IndexNotFoundError,
     InputError,
     ItemNotFoundError,
@@ -39,25 +35,15 @@ from .errors import (
     QueryError,
     QueryRuntimeError,
 )
-from .explain import DEFAULT_COMBINE, DEFAULT_RELATIONS, parse_compound
-from .languages import DIR_NAME as TEXT_ENCODERS_DIR
-from .languages import MAIN as MAIN_TOWER
-from .languages import META_KEY as TEXT_ENCODERS_KEY
-from .languages import TextEncoderInfo, choose, dump_registry, parse_registry
-from .languages import check_name as check_encoder_name
-from .lock import WriterLock
-from .media import content_hash, draft_size, load_image
-from .models import ModelSpec, input_size, model_record, resolve_model, spec_from_record
-from .nearcopy import DEFAULT_PIXEL_THRESHOLD
-from .query import Filters, Query, Term
-from .refine import Session, SessionInfo, session_info
-from .refine import check_name as check_session_name
-from .results import (
+from ..languages import MAIN as MAIN_TOWER
+from ..lock import WriterLock
+from ..media import content_hash, draft_size, load_image
+from ..models import ModelSpec, input_size, model_record, resolve_model, spec_from_record
+from ..query import Filters, Query, Term
+from ..results import (
     CheckProblem,
     CheckReport,
     Classification,
-    DuplicateGroup,
-    Explanation,
     Hit,
     IndexInfo,
     ProgressFactory,
@@ -67,19 +53,21 @@ from .results import (
     TagSummary,
     VectorInfo,
 )
-from .runtime import QueryRuntime
-from .search import combine, search_filtered
-from .zeroshot import DEFAULT_TEMPLATES, DEFAULT_THRESHOLD, DEFAULT_TOP, tag_library
-from .zeroshot import classify as classify_images
+from ..runtime import QueryRuntime
+from ..search import combine, search_filtered
+from ..zeroshot import DEFAULT_TEMPLATES, DEFAULT_THRESHOLD, DEFAULT_TOP, tag_library
+from ..zeroshot import classify as classify_images
+from .common import TARGETS, QueryEncoder, _writer
+from .conversations import ConversationMethods
+from .languages import LanguageMethods
 
 if TYPE_CHECKING:  # the encoder (torch) is imported only when a model must run
     from indexer.distributed import RayEncoding, RayOptions
     from indexer.texts import TextRecord
 
-    from .catalog import Catalog
-    from .encoder import Encoder
-    from .export import ExportReport
-    from .finetune.language import LanguageConfig
+    from ..catalog import Catalog
+    from ..encoder import Encoder
+    from ..export import ExportReport
 
 logger = logging.getLogger(__name__)
 
@@ -91,34 +79,7 @@ def _ray_encoding(options: RayOptions) -> RayEncoding:
     return RayEncoding(options)
 
 
-class QueryEncoder(Protocol):
-    """What encodes a query: :class:`~mmsearch.runtime.QueryRuntime` or the torch
-    :class:`~mmsearch.encoder.Encoder`."""
-
-    image_size: int
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
-
-
-#: Accepted ``target`` values.
-TARGETS = config.MODALITIES
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _writer(method: F) -> F:
-    """Run ``method`` holding the index's writer lock (one writing process at a time)."""
-
-    @functools.wraps(method)
-    def locked(self: Index, *args: Any, **kwargs: Any) -> Any:
-        with self.lock:
-            return method(self, *args, **kwargs)
-
-    return locked  # type: ignore[return-value]
-
-
-class Index:
+class Index(LanguageMethods, ConversationMethods):
     """An mmsearch index stored in one directory.
 
     Use :meth:`open` to get one; close it (or use it as a context manager) when done.
@@ -203,7 +164,7 @@ class Index:
         # a catalog the reader cannot serve as it is (to migrate, damaged) gets the ORM.
         catalog: Catalog | CatalogReader | None = CatalogReader.open(db) if db.exists() else None
         if catalog is None:
-            from .catalog import Catalog
+            from ..catalog import Catalog
 
             if db.exists():
                 catalog = Catalog(db)
@@ -220,7 +181,7 @@ class Index:
         with a reader, which is what reads go through (:attr:`_reads`)."""
         with self._catalog_lock:
             if self._catalog is None:
-                from .catalog import Catalog
+                from ..catalog import Catalog
 
                 assert self._reader is not None
                 self._catalog = Catalog(self._reader.path)
@@ -271,7 +232,7 @@ class Index:
     def encoder(self) -> Encoder:
         """The loaded model (loaded on first use)."""
         if self._encoder is None:
-            from .encoder import Encoder  # torch: seconds to import, only when encoding
+            from ..encoder import Encoder  # torch: seconds to import, only when encoding
 
             self._encoder = Encoder.load(self._spec(), device=self._device)
         return self._encoder
@@ -384,7 +345,7 @@ class Index:
         """Encode every item again with the requested model, which becomes the index's."""
         from indexer.reembed import reembed as reembed_items
 
-        from .encoder import Encoder  # torch: seconds to import, only when encoding
+        from ..encoder import Encoder  # torch: seconds to import, only when encoding
 
         if self._requested is None:
             raise MMSearchError("re-embedding needs a model: pass model=... (--model)")
@@ -848,7 +809,7 @@ class Index:
         Raises:
             ExportError: the model cannot be exported, or the export fails its checks.
         """
-        from .export import export_model  # torch: needed only to export
+        from ..export import export_model  # torch: needed only to export
 
         spec = self._spec()
         if not force:
@@ -997,346 +958,6 @@ class Index:
             ],
             text_encoders=[e.to_dict() for e in self.text_encoders()],
         )
-
-    # -- languages ------------------------------------------------------------------------
-
-    def text_encoders(self) -> list[TextEncoderInfo]:
-        """The index's extra text encoders (see :meth:`add_text_encoder`), by name."""
-        return list(self._registry().values())
-
-    def _registry(self) -> dict[str, TextEncoderInfo]:
-        identity = self.model_info["identity"] if self.model_info else None
-        return parse_registry(self._reads.get_meta(TEXT_ENCODERS_KEY), identity)
-
-    def choose_text_encoder(
-        self, text: str = "", lang: str | None = None, name: str | None = None
-    ) -> str:
-        """The name of the text encoder a query uses (``main``: the model's own tower): the
-        one named, else the one taught ``lang``, else the one of the language detected
-        from the text's script (see :mod:`mmsearch.languages`), else ``main``.
-
-        Raises:
-            QueryError: ``name`` is unknown or stale.
-        """
-        if not (lang or name) and text.isascii():
-            return MAIN_TOWER  # detection needs a non-Latin script: no catalog read
-        chosen = choose(self._registry(), text, lang, name)
-        return chosen.name if chosen is not None else MAIN_TOWER
-
-    def _text_tower(self, name: str) -> QueryEncoder:
-        """An extra text encoder, loaded once: its ONNX export (no torch) when valid, else
-        torch (the index model with its text-tower weights)."""
-        tower = self._text_towers.get(name)
-        if tower is not None:
-            return tower
-        info = choose(self._registry(), name=name)
-        assert info is not None  # choose() raises for unknown names
-        directory = self.path / TEXT_ENCODERS_DIR / name
-        choice = config.query_runtime_choice()
-        if choice != "torch":
-            try:
-                tower = QueryRuntime.load(
-                    directory / "runtime", expect_identity=info.identity, towers=()
-                )
-            except QueryRuntimeError as exc:
-                if choice == "onnx":
-                    raise
-                logger.info("text encoder %s runs on torch: %s", name, exc.reason)
-        if tower is None:
-            from .finetune.language import load_tower  # torch
-
-            self._spec()
-            tower = load_tower(self.encoder(), directory, f"{name} ({info.lang})")
-        self._text_towers[name] = tower
-        return tower
-
-    @_writer
-    def add_text_encoder(
-        self,
-        pairs: str | os.PathLike[str],
-        lang: str,
-        name: str | None = None,
-        training: LanguageConfig | None = None,
-        init: str | os.PathLike[str] | None = None,
-        init_pretrained: str | None = None,
-        image_column: str = "image",
-        caption_column: str = "caption",
-        progress: ProgressFactory | None = None,
-    ) -> TextEncoderInfo:
-        """Teach the index a language without re-encoding its images: train a text tower
-        on the caption pairs of a file against the index model's frozen image tower, and
-        register it as an extra text encoder (files under ``text-encoders/NAME/`` in the
-        index directory: weights and a verified ONNX export for torch-free queries).
-
-        Indexed images reuse their stored vectors (same content hash); other images of the
-        pairs are encoded once. The index's vectors are not touched. Queries in ``lang``
-        then use it (:meth:`search` ``lang=``, detection, or ``text_encoder=NAME``).
-
-        Args:
-            pairs: CSV/TSV/JSONL of image paths and captions in the language.
-            lang: the language code, e.g. ``zh``.
-            name: the encoder's name (default ``lang``); an existing one is replaced.
-            training: settings (:class:`~mmsearch.finetune.language.LanguageConfig`).
-            init: a model whose text tower (same architecture) to start from; default the
-                index model's.
-            init_pretrained: its pretrained tag or checkpoint.
-            image_column / caption_column: columns of the pairs file.
-            progress: progress-bar factory.
-
-        Returns:
-            The registered encoder, with held-out recall of it and of the main tower;
-            ``skipped`` lists the pair rows not used.
-
-        Raises:
-            MMSearchError: the index has no model yet; bad name; too few pairs; the
-                export fails its checks.
-        """
-        import shutil
-        import time
-
-        from .export import export_model  # torch: needed only to teach
-        from .finetune.language import save_tower, teach_text_tower
-
-        self._check_reembed_done()
-        name = check_encoder_name(name or lang.strip().lower())
-        if self.model_info is None:
-            raise MMSearchError("the index has no model yet: index images first")
-        self._spec()
-        base = self.encoder()
-        start = None
-        if init is not None:
-            from .encoder import Encoder
-
-            start = Encoder.load(init, init_pretrained, device=self._device)
-        taught = teach_text_tower(
-            self.catalog,
-            base,
-            pairs,
-            training,
-            init=start,
-            image_column=image_column,
-            caption_column=caption_column,
-            display=f"{base.spec.display} + {name} text encoder",
-            progress=progress,
-        )
-        root = self.path / TEXT_ENCODERS_DIR
-        tmp = root / f".{name}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            save_tower(taught.encoder, tmp, {"lang": lang, "name": name})
-            export_model(taught.encoder, tmp / "runtime", text_only=True)
-            final = root / name
-            old = root / f".{name}.{os.getpid()}.old"
-            if final.exists():
-                os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        info = TextEncoderInfo(
-            name=name,
-            lang=lang.strip().lower(),
-            model=self.model_info["identity"],
-            identity=taught.encoder.spec.identity,
-            context_length=taught.encoder.context_length,
-            heldout=taught.heldout,
-            main_heldout=taught.main_heldout,
-            train_pairs=taught.train_pairs,
-            reused_vectors=taught.reused_vectors,
-            encoded_images=taught.encoded_images,
-            seconds=taught.seconds,
-            init=start.spec.display if start is not None else base.spec.display,
-            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        )
-        registry = self._registry()
-        registry[name] = info
-        self.catalog.set_meta(TEXT_ENCODERS_KEY, dump_registry(registry))
-        self._text_towers.pop(name, None)
-        info.skipped = taught.skipped
-        return info
-
-    @_writer
-    def remove_text_encoder(self, name: str) -> None:
-        """Forget an extra text encoder and delete its files.
-
-        Raises:
-            QueryError: no encoder has that name.
-        """
-        import shutil
-
-        registry = self._registry()
-        if name not in registry:
-            have = ", ".join(sorted(registry)) or "none"
-            raise QueryError(f"no text encoder {name!r} in this index (extra ones: {have})")
-        del registry[name]
-        self.catalog.set_meta(TEXT_ENCODERS_KEY, dump_registry(registry))
-        self._text_towers.pop(name, None)
-        shutil.rmtree(self.path / TEXT_ENCODERS_DIR / name, ignore_errors=True)
-
-    # -- search sessions (relevance feedback over turns; see mmsearch.refine) ------------
-
-    def session(self, name: str) -> Session:
-        """The search session ``name`` (stored in the catalog): start it with
-        ``.query(...)``, continue it with ``.refine(more=..., less=..., text=...)``."""
-        return Session(name, self.catalog, _SessionEngine(self))
-
-    def sessions(self) -> list[SessionInfo]:
-        """Every stored session, most recently used first."""
-        return [session_info(r) for r in self.catalog.list_sessions()]
-
-    def drop_session(self, name: str) -> bool:
-        """Delete session ``name``; returns whether it existed."""
-        return self.catalog.drop_session(check_session_name(name))
-
-    # -- compound queries and near-duplicates --------------------------------------------
-
-    def explain(
-        self,
-        text: str,
-        k: int = 10,
-        target: str | None = None,
-        combine: str = DEFAULT_COMBINE,
-        relations: str = DEFAULT_RELATIONS,
-        nprobe: int | None = None,
-        filters: Filters | None = None,
-        candidates: int = CANDIDATE_FACTOR,
-        dedupe: bool = False,
-    ) -> Explanation:
-        """A compound text query, split into parts (:mod:`mmsearch.explain`): candidates
-        for the whole query and for each positive part, ranked by ``combine`` of the whole
-        query's score and the parts' scores, each hit with its score on every part.
-
-        Args:
-            text: e.g. "a red circle left of a blue square, without green".
-            k: number of hits.
-            target: ``"image"`` or ``"text"``.
-            combine: ``mean``, ``min``, ``softmin``, ``geomean`` or ``whole``.
-            relations: ``keep`` a relation with both its objects, ``split`` before it, or
-                keep only the ``objects``.
-            nprobe: IVF lists to visit (compressed indexes only).
-            filters: conditions on the hits (``min_score`` applies to the combination).
-            candidates: candidates per query vector, as a multiple of ``k``.
-            dedupe: fold near-duplicates of a better hit into it (as :meth:`search`).
-
-        Raises:
-            QueryError: an empty query, only negative parts, an unknown mode.
-        """
-        compound = parse_compound(text, relations)
-        target, ready = self._check_search(target, k)
-        parts = [p.to_dict() for p in compound.parts]
-        if not ready:
-            return Explanation(text, compound.whole, parts, combine, [])
-        encoded = self._encode_query("text", [compound.whole, *(p.text for p in compound.parts)])
-        keeper = self._upkeep()
-        hits = explain_search(
-            self._reads,
-            self.vectors(target),
-            keeper.fetch if keeper else (lambda ids: np.zeros((0, self.dim), np.float32)),
-            encoded[0],
-            encoded[1:],
-            np.array([p.negative for p in compound.parts], dtype=bool),
-            k * DEDUPE_DEPTH if dedupe else k,
-            filters or Filters(),
-            nprobe=nprobe,
-            combine=combine,
-            candidates=candidates,
-        )
-        if dedupe and keeper is not None and target == "image":
-            hits = collapse(hits, keeper.fetch)
-        return Explanation(text, compound.whole, parts, combine, hits[:k])
-
-    def duplicates(
-        self,
-        threshold: float = DUPLICATE_THRESHOLD,
-        pixel_threshold: float | None = DEFAULT_PIXEL_THRESHOLD,
-    ) -> list[DuplicateGroup]:
-        """Groups of near-duplicate images, largest first, the suggested keeper (most
-        pixels, then oldest) first in each. Nothing is deleted.
-
-        Args:
-            threshold: least embedding cosine of a candidate pair.
-            pixel_threshold: least thumbprint similarity of a pair's files (None: trust
-                the embeddings alone; see :mod:`mmsearch.nearcopy` for why not).
-        """
-        self._check_reembed_done()
-        keeper = self._upkeep()
-        if keeper is None or not self.catalog.count("image"):
-            return []
-        return find_groups(
-            self._reads, self.vectors("image"), keeper.fetch, threshold, pixel_threshold
-        )
-
-    def _deduped(
-        self,
-        query: Any,
-        k: int,
-        target: str | None,
-        include_self: bool,
-        nprobe: int | None,
-        filters: Filters | None,
-        lang: str | None = None,
-        text_encoder: str | None = None,
-    ) -> list[Hit]:
-        """:meth:`search` with near-duplicates folded: deeper until ``k`` distinct hits."""
-        keeper = self._upkeep()
-        depth = k * DEDUPE_DEPTH
-        while True:
-            hits = self.search(
-                query, depth, target, include_self, nprobe, filters, lang, text_encoder
-            )
-            if keeper is None or (target or "image") != "image":
-                return hits[:k]
-            kept = collapse(hits, keeper.fetch)
-            if len(kept) >= k or len(hits) < depth or depth >= 64 * k:
-                return kept[:k]
-            depth *= 4
-
-
-class _SessionEngine:
-    """What a :class:`~mmsearch.refine.Session` needs from the index (see
-    :class:`~mmsearch.refine.SessionEngine`), kept off the Index's own surface."""
-
-    def __init__(self, index: Index) -> None:
-        self._index = index
-
-    @property
-    def dim(self) -> int:
-        return self._index.dim
-
-    def session_model(self) -> str:
-        info = self._index.model_info
-        if info is None:
-            raise QueryError("the index is empty: index something before starting a session")
-        return str(info["identity"])
-
-    def session_query_vector(self, query: Query) -> tuple[np.ndarray, set[int]]:
-        self.session_model()
-        self._index._check_search(None, 1)
-        vectors, exclude, _ = self._index._term_vectors(query.terms)
-        return combine(vectors, [t.weight for t in query.terms]), exclude
-
-    def session_text_vectors(self, texts: Sequence[str]) -> np.ndarray:
-        return self._index._encode_query("text", list(texts))
-
-    def session_item_vectors(self, ids: Sequence[int]) -> tuple[list[int], np.ndarray]:
-        return self._index.catalog.embeddings(ids, self.dim)
-
-    def session_file_vector(self, path: Path) -> np.ndarray:
-        return self._index._image_file_vector(path)[0]
-
-    def session_search(
-        self,
-        vector: np.ndarray,
-        k: int,
-        target: str,
-        exclude: set[int],
-        filters: Filters,
-        query_modality: str,
-    ) -> list[Hit]:
-        target, ready = self._index._check_search(target, k)
-        if not ready:
-            return []
-        return self._index._search_vector(vector, k, target, exclude, None, query_modality, filters)
 
 
 def _merge(own: Filters, extra: Filters | None) -> Filters:
