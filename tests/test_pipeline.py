@@ -164,14 +164,10 @@ def _vectors(catalog) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
     return {Path(r.path).name: v for r, v in zip(rows, vecs, strict=True)}
 
 
-def test_files_are_decoded_while_the_model_loads_and_indexed_the_same(
-    catalog, folder, tmp_path, monkeypatch
-):
-    """With the model's input size known beforehand, the model loads in a thread of its
-    own: this loader waits until every file has been decoded (without early decoding it
-    would wait in vain), and the embeddings equal those of a run that decoded after."""
+def _loads_after_decoding(monkeypatch, files: int, encoder: FakeEncoder):  # type: ignore[no-untyped-def]
+    """A get_encoder that returns only once ``files`` files were decoded before the model
+    was loaded (the early path), and a list that says whether that happened in time."""
     import indexer.pipeline
-    from mmsearch.catalog import Catalog
 
     decoded, real_load = [], indexer.pipeline.load_image
     all_decoded = threading.Event()
@@ -179,17 +175,29 @@ def test_files_are_decoded_while_the_model_loads_and_indexed_the_same(
     def counting_load(*args, **kwargs):  # type: ignore[no-untyped-def]
         out = real_load(*args, **kwargs)
         decoded.append(1)
-        if len(decoded) == 5:
+        if len(decoded) == files:
             all_decoded.set()
         return out
 
     monkeypatch.setattr(indexer.pipeline, "load_image", counting_load)
-    waited = []
+    waited: list[bool] = []
 
     def slow_load() -> FakeEncoder:
         waited.append(all_decoded.wait(timeout=30))
-        return FakeEncoder()
+        return encoder
 
+    return slow_load, waited
+
+
+def test_files_are_decoded_while_the_model_loads_and_indexed_the_same(
+    catalog, folder, tmp_path, monkeypatch
+):
+    """With the model's input size known beforehand, the model loads in a thread of its
+    own: this loader waits until every file has been decoded (without early decoding it
+    would wait in vain), and the embeddings equal those of a run that decoded after."""
+    from mmsearch.catalog import Catalog
+
+    slow_load, waited = _loads_after_decoding(monkeypatch, 5, FakeEncoder())
     summary = index_images(catalog, [folder], slow_load, batch_size=3, image_size=16)
     assert waited == [True] and summary.added == 5
     with Catalog(tmp_path / "plain" / "catalog.sqlite") as plain:
@@ -210,7 +218,9 @@ def test_a_model_failing_to_load_beside_the_decoders_ends_the_run(catalog, folde
     assert catalog.count("image") == 0
 
 
-def test_preprocessing_after_early_decoding_fails_one_file_not_the_run(catalog, folder):
+def test_preprocessing_after_early_decoding_fails_one_file_not_the_run(
+    catalog, folder, monkeypatch
+):
     class Picky(FakeEncoder):
         def preprocess(self, image):  # type: ignore[no-untyped-def]
             if image.size == (40, 30):
@@ -218,7 +228,9 @@ def test_preprocessing_after_early_decoding_fails_one_file_not_the_run(catalog, 
             return super().preprocess(image)
 
     noise_image(9, size=(40, 30)).save(folder / "odd.png")
-    summary = index_images(catalog, [folder], Picky, image_size=16)
+    slow_load, waited = _loads_after_decoding(monkeypatch, 6, Picky())  # all decoded early
+    summary = index_images(catalog, [folder], slow_load, image_size=16)
+    assert waited == [True]
     reasons = {Path(s.path).name: s.reason for s in summary.skipped}
     assert reasons == {"odd.png": "transform failed: odd size"} and summary.added == 5
 
