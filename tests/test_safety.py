@@ -103,6 +103,20 @@ def test_file_names_cannot_forge_result_lines(tmp_path, odd):
     assert str(odd / FORGED) in [h["path"] for h in json.loads(as_json)["hits"]]
 
 
+def test_file_names_cannot_forge_classify_lines(tmp_path, odd):
+    """``classify`` prints one line per image and one ``skipped`` line per failure, with
+    the names escaped like search results."""
+    missing = os.path.join(odd, "gone\nskipped fake: forged")
+    images = [str(odd / "a.png"), str(odd / FORGED), missing]
+    code, out, err = run("classify", *images, "--model", TINY, "--labels", "cat, dog")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 2 and all(line.count("\t") == 2 for line in lines)
+    assert lines[1].startswith(escape(str(odd / FORGED)) + "\t")
+    skipped = [line for line in err.splitlines() if line.startswith("skipped")]
+    assert skipped == [f"skipped {escape(missing)}: no such file"]
+
+
 # -- 3. one writer at a time ----------------------------------------------------------------
 
 

@@ -100,6 +100,12 @@ def _escape_char(ch: str) -> str:
     return ch
 
 
+def echo_skipped(path: str, reason: str, note: str = "") -> None:
+    """One ``skipped PATH: REASON`` line on stderr, the path and reason escaped like
+    result lines (a file name cannot break it into several lines)."""
+    click.echo(f"skipped {escape(path)}: {escape(reason)}{note}", err=True)
+
+
 def _quiet_c_libraries(ctx: click.Context) -> None:
     """Under ``-q``: send what C libraries write straight to file descriptor 2 (faiss'
     k-means warnings, libtiff) to /dev/null, for this command only. Python's stderr stays

@@ -13,7 +13,7 @@ from .app import (
     _open,
     _progress,
     cli,
-    escape,
+    echo_skipped,
     handle_errors,
     index_option,
     json_option,
@@ -184,4 +184,4 @@ def _print_summary(summary: Any, as_json: bool) -> None:
         click.echo(f"{summary.truncated} texts were cut to the model's context length", err=True)
     for item in summary.skipped:
         again = " (remembered: unchanged since it failed)" if item.remembered else ""
-        click.echo(f"skipped {escape(item.path)}: {escape(item.reason)}{again}", err=True)
+        echo_skipped(item.path, item.reason, again)

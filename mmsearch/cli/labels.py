@@ -11,6 +11,8 @@ from .app import (
     F,
     _open,
     cli,
+    echo_skipped,
+    escape,
     handle_errors,
     index_option,
     json_option,
@@ -89,10 +91,10 @@ def classify_cmd(
         return
     for r in results:
         if r.error:
-            click.echo(f"skipped {r.source}: {r.error}", err=True)
+            echo_skipped(r.source, r.error)
             continue
         best = list(r.scores.items())[:show]
-        click.echo(r.source + "\t" + "\t".join(f"{name} {p:.3f}" for name, p in best))
+        click.echo(escape(r.source) + "\t" + "\t".join(f"{name} {p:.3f}" for name, p in best))
 
 
 @cli.command("tag")

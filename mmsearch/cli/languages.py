@@ -12,7 +12,7 @@ from .app import (
     _open,
     _progress,
     cli,
-    escape,
+    echo_skipped,
     handle_errors,
     index_option,
     json_option,
@@ -128,7 +128,7 @@ def language_add_cmd(
     )
     _print_metrics_table({"main tower": info.main_heldout, info.name: info.heldout})
     for path, reason in info.skipped:
-        click.echo(f"skipped {escape(path)}: {escape(reason)}", err=True)
+        echo_skipped(path, reason)
 
 
 @language_group.command("list")

@@ -13,6 +13,7 @@ from .app import (
     Interrupted,
     _progress,
     cli,
+    echo_skipped,
     handle_errors,
     json_option,
     model_options,
@@ -189,7 +190,7 @@ def finetune_cmd(
         _print_metrics_table({"before": result.before, "after": result.after})
         click.echo(f"model saved to {result.out_dir}")
     for path, reason in result.skipped:
-        click.echo(f"skipped {path}: {reason}", err=True)
+        echo_skipped(path, reason)
     if result.interrupted:
         raise Interrupted("interrupted: the model trained so far was saved")
 
@@ -229,4 +230,4 @@ def eval_cmd(
         _print_metrics_table({"model": metrics})
         click.echo(f"{int(metrics['n'])} pairs")
     for path, reason in parsed.skipped:
-        click.echo(f"skipped {path}: {reason}", err=True)
+        echo_skipped(path, reason)
