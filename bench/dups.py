@@ -20,7 +20,6 @@ at the defaults, and across embedding thresholds with and without the pixel re-c
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import itertools
 import json
@@ -36,17 +35,12 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import load_make_shapes  # noqa: E402  (data/make_shapes.py as a module)
+
 KINDS = ("resized", "jpeg", "cropped", "brightened")
 THRESHOLDS = (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.96, 0.98)
 PIXEL_THRESHOLDS = (None, 0.90, 0.93, 0.96, 0.98)
-
-
-def _make_shapes() -> Any:
-    spec = importlib.util.spec_from_file_location("make_shapes", ROOT / "data" / "make_shapes.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass(frozen=True)
@@ -88,7 +82,7 @@ def copy_of(image: Image.Image, kind: str, rng: random.Random) -> tuple[Image.Im
 
 def make_set(out: Path, originals: int, seed: int = 0) -> list[Entry]:
     """Write the set's files under ``out`` and return what each one is."""
-    shapes = _make_shapes()
+    shapes = load_make_shapes()
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     entries: list[Entry] = []

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import random
@@ -25,15 +24,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import load_make_shapes  # noqa: E402  (data/make_shapes.py as a module)
+
 KINDS = {"single": 0.4, "count": 0.2, "pair": 0.4}
-
-
-def _make_shapes() -> Any:
-    spec = importlib.util.spec_from_file_location("make_shapes", ROOT / "data" / "make_shapes.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def measure(
@@ -43,7 +37,7 @@ def measure(
     from mmsearch import Index
     from mmsearch.explain import COMBINES, DEFAULT_COMBINE, DEFAULT_RELATIONS, RELATION_MODES
 
-    csv_path = _make_shapes().make_shapes(work / "shapes", n=images, seed=seed, kinds=KINDS)
+    csv_path = load_make_shapes().make_shapes(work / "shapes", n=images, seed=seed, kinds=KINDS)
     caption_of: dict[str, str] = {}
     with csv_path.open(encoding="utf-8") as f:
         for row in csv.DictReader(f):

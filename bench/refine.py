@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import itertools
 import json
 import os
@@ -42,23 +41,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import load_make_shapes  # noqa: E402  (data/make_shapes.py as a module)
 
 import mmsearch  # noqa: E402
 from mmsearch.refine import RocchioWeights  # noqa: E402
-
-
-def load_make_shapes() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_shapes", ROOT / "data" / "make_shapes.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 # -- refinement ----------------------------------------------------------------------------
 
