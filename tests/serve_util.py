@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import socket
 import threading
 import time
@@ -11,7 +12,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import TINY, load_make_shapes
+
+
+def chromium_or_skip() -> str:
+    """Debian's chromium, for the browser tests; the calling test module is skipped when
+    it, Playwright or the serve extra (fastapi) is missing."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
+    pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+    )
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+    return chromium
 
 
 def shapes_index(root: Path, n: int = 36, size: int = 192) -> Path:

@@ -4,23 +4,15 @@ back and render as they are (headless Debian chromium through Playwright)."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from serve_util import chromium_or_skip, live_server
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
-pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
-)
-pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+CHROMIUM = chromium_or_skip()
 
 from conftest import TINY, load_make_shapes  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
-from serve_util import live_server  # noqa: E402
 from test_serve_browser import ARGS  # noqa: E402
 
 from mmsearch.server.app import create_app  # noqa: E402

@@ -14,17 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from serve_util import chromium_or_skip, live_server, shapes_index
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
-pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
-)
-pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+CHROMIUM = chromium_or_skip()
 
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
-from serve_util import live_server, shapes_index  # noqa: E402
 
 from mmsearch.server.app import create_app  # noqa: E402
 from mmsearch.server.backend import Backend  # noqa: E402
