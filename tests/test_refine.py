@@ -134,17 +134,24 @@ def test_start_replaces_and_drop_deletes_everything(tmp_path: Path) -> None:
             cat.add_turn("walk", TurnRecord(-1, 3.0, more=(1,)))
 
 
-def test_a_v2_catalog_is_migrated_to_v3(tmp_path: Path) -> None:
-    db = tmp_path / "catalog.sqlite"
+def _v2_catalog(db: Path, journal_mode: str | None = None) -> None:
+    """A catalog with one text item as schema v2 wrote it: no session tables, version 2
+    (and the journal mode given, set on the same connection)."""
     with Catalog(db) as cat:
         cat.add(
             [{"modality": "text", "text": "kept", "content_hash": "h", "embedding": np.ones(8)}]
         )
-    # Make it what schema v2 wrote: no session tables, version 2.
     with sqlite3.connect(db) as con:
         for table in ("search_sessions", "search_session_turns", "search_session_files"):
             con.execute(f"DROP TABLE {table}")
         con.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+        if journal_mode:
+            con.execute(f"PRAGMA journal_mode={journal_mode}")
+
+
+def test_a_v2_catalog_is_migrated_to_v3(tmp_path: Path) -> None:
+    db = tmp_path / "catalog.sqlite"
+    _v2_catalog(db)
     with Catalog(db) as cat:
         assert cat.schema_version == SCHEMA_VERSION == 3
         assert cat.count("text") == 1  # the items are untouched
@@ -160,15 +167,7 @@ def test_a_read_only_v2_catalog_still_opens(
     import mmsearch.catalog
 
     db = tmp_path / "catalog.sqlite"
-    with Catalog(db) as cat:
-        cat.add(
-            [{"modality": "text", "text": "kept", "content_hash": "h", "embedding": np.ones(8)}]
-        )
-    with sqlite3.connect(db) as con:
-        for table in ("search_sessions", "search_session_turns", "search_session_files"):
-            con.execute(f"DROP TABLE {table}")
-        con.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
-        con.execute("PRAGMA journal_mode=DELETE")
+    _v2_catalog(db, journal_mode="DELETE")
     monkeypatch.setattr(mmsearch.catalog, "_writable", lambda path: False)
     with Catalog(db) as cat:
         assert cat.read_only and cat.schema_version == 2
