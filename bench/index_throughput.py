@@ -31,6 +31,10 @@ the run, and ``uptime``'s load is recorded beside each):
 * ``ratio_adjacent_*``: each end-to-end run against the model-only rate measured right
   beside it (a ``--slice-images`` slice just before and just after it, averaged): the
   machine's speed drifts within a run, and a ratio of time-adjacent rates drifts less.
+* ``ratio_in_run_*``: the run's own ``encode_seconds`` over its ``seconds`` — the
+  end-to-end rate against the model's rate inside that same run, in the same seconds (on
+  the CPU the decoders pause while the model runs); ``in_run_model_vs_adjacent_*`` says
+  whether the model ran there as fast as in the slices beside it.
 * ``ceiling``: from the measured CPU costs per image (the model's CPU time over all its
   threads; one thread's read + hash + decode + preprocess), the best a perfect split of
   the cores could do: ``model_core_ms / (model_core_ms + decode_core_ms)`` of the
@@ -246,6 +250,11 @@ def end_to_end(
         "images": n,
         "skipped": len(summary["skipped"]),
         "run_seconds": summary["seconds"],
+        # Of the run: loading the model, and the model encoding (the decoders pause while it
+        # runs on the CPU) — the model-only rate measured inside the run itself.
+        "model_seconds": summary["model_seconds"],
+        "encode_seconds": summary["encode_seconds"],
+        "in_run_model_images_per_s": round(n / max(summary["encode_seconds"], 1e-9), 2),
         "process_seconds": round(wall, 2),
         "images_per_s": round(n / summary["seconds"], 2),
         "images_per_s_process": round(n / wall, 2),
@@ -323,26 +332,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # is also compared with the model-only rate measured next to it (the machine's speed
     # drifts within a run: the before/after rates differ by up to 20 % here).
     slices = [model_only(feed, args.slice_images, batch)]
-    for name, folder, env, cold in [
+    overlap = {"MMSEARCH_DECODE_SCHEDULE": "overlap"}
+    runs = [
         ("12mp_warm", big, {}, False),
         ("12mp_cold", big, {}, True),
-        ("12mp_overlap", big, {"MMSEARCH_DECODE_SCHEDULE": "overlap"}, False),
+        *([("12mp_overlap", big, overlap, False)] if args.variants else []),
         *([("2mp_warm", small, {}, False)] if small is not None else []),
-    ]:
-        if name == "12mp_overlap" and not args.variants:
-            continue
+    ]
+    for i, (name, folder, env, cold) in enumerate(runs):
         print(f"end to end: {name}…", file=sys.stderr)
         how = drop_cache(folder) if cold else "warm (read once before)"
         if not cold:
             for p in folder.iterdir():  # into the page cache
                 p.read_bytes()
         e2e[name] = {**end_to_end(folder, workdir, weights, args.device, env), "cache": how}
-        slices.append(model_only(feed, args.slice_images, batch))
+        last = i == len(runs) - 1  # the slice after the last run is also "model_only_after"
+        slices.append(model_only(feed, args.model_images if last else args.slice_images, batch))
         adjacent = (slices[-2]["images_per_s"] + slices[-1]["images_per_s"]) / 2
         e2e[name]["model_only_adjacent_images_per_s"] = round(adjacent, 2)
     results["end_to_end"] = e2e
-    results["model_only_slices"] = slices
-    results["model_only_after"] = model_only(feed, args.model_images, batch)
+    results["model_only_slices"] = slices[:-1]
+    results["model_only_after"] = slices[-1]
     feed.close()
     results["uptime_end"] = _uptime()
     results["summary"] = summarise(results, cores)
@@ -358,6 +368,13 @@ def summarise(r: dict[str, Any], cores: int) -> dict[str, Any]:
         if "model_only_adjacent_images_per_s" in e:
             adjacent = e["images_per_s"] / e["model_only_adjacent_images_per_s"]
             out[f"ratio_adjacent_{name}"] = round(adjacent, 3)
+    for name, e in r["end_to_end"].items():  # against the model's own rate inside the run
+        if e.get("encode_seconds"):
+            out[f"ratio_in_run_{name}"] = round(e["encode_seconds"] / e["run_seconds"], 3)
+            # Whether the model ran inside the run as fast as alone (decoders beside it
+            # would slow it down and flatter the in-run ratio).
+            inside = e["in_run_model_images_per_s"] / e["model_only_adjacent_images_per_s"]
+            out[f"in_run_model_vs_adjacent_{name}"] = round(inside, 3)
     d = r["decode_12mp"]
     if r["machine"]["device"] == "cpu":
         # CPU time, not wall time: on a shared machine the wall time counts waiting too.

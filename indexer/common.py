@@ -3,12 +3,14 @@ encoded, and batching."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from mmsearch.catalog import Catalog
+from mmsearch.results import RunSummary
 
 #: Items encoded and committed together.
 DEFAULT_BATCH = 64
@@ -27,10 +29,16 @@ class EncoderLike(Protocol):
     def record(self) -> dict[str, Any]: ...
 
 
-def load_encoder(catalog: Catalog, get_encoder: Callable[[], EncoderLike]) -> EncoderLike:
-    """The encoder, loaded now that something must be encoded; the catalog records it as
-    its model before the first embedding is committed (and refuses a different one)."""
+def load_encoder(
+    catalog: Catalog, get_encoder: Callable[[], EncoderLike], summary: RunSummary | None = None
+) -> EncoderLike:
+    """The encoder, loaded now that something must be encoded (the time it took goes to
+    ``summary.model_seconds``); the catalog records it as its model before the first
+    embedding is committed (and refuses a different one)."""
+    started = time.perf_counter()
     encoder = get_encoder()
+    if summary is not None:
+        summary.model_seconds += time.perf_counter() - started
     catalog.claim_model(encoder.record())
     return encoder
 

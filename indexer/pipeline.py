@@ -441,6 +441,9 @@ class _Run:
         # leave it a core: decoding beside it on every core slowed the load by half.
         self.early_slots = threading.Semaphore(max(1, min(budget.decoders, cpu_cores() - 1)))
         self.mismatch_logged = False
+        self.model_seconds = 0.0  # loading the model
+        self.encode_seconds = 0.0  # in feed.encode, summed over the lanes
+        self.timing_lock = threading.Lock()
 
     # -- the model: loaded once a file needs it, by that decoding thread or beside them ----
 
@@ -484,8 +487,10 @@ class _Run:
             if self.feed is None and self.feed_error is None:
                 assert self.get_encoder is not None
                 try:
+                    started = time.perf_counter()
                     encoder = self.get_encoder()
                     feed = feed_for(encoder)
+                    self.model_seconds = time.perf_counter() - started
                     feed.use_threads(self.budget.model_threads if feed.on_cpu else None)
                     self.gate.enabled = self.budget.alternate and feed.on_cpu
                     self.feed = feed
@@ -525,10 +530,13 @@ class _Run:
                 if not items:
                     continue
                 self.gate.close()
+                started = time.perf_counter()
                 try:
                     result = feed.encode([it.image for it in items], lane)  # type: ignore[misc]
                 finally:
                     self.gate.open()
+                with self.timing_lock:
+                    self.encode_seconds += time.perf_counter() - started
                 self.results.put(_Encoded(items, result))
         except BaseException as exc:  # noqa: BLE001 - raised again in the run's thread
             self.results.put(_Fatal(exc))
@@ -619,6 +627,8 @@ class _Run:
                     bar.start()
         finally:
             self._shut_down()
+            summary.model_seconds += self.model_seconds
+            summary.encode_seconds += self.encode_seconds
         return outcome
 
     def _shut_down(self) -> None:

@@ -270,13 +270,15 @@ def index_texts(
     if todo and encode_texts is not None:  # distributed: same texts in, same rows out
         encode_texts(catalog, todo, get_encoder, progress, summary)
     elif todo:
-        encoder = load_encoder(catalog, get_encoder)
+        encoder = load_encoder(catalog, get_encoder, summary)
         bar = progress(len(todo), "encoding texts")
         try:
             for batch in batches(todo, batch_size):
                 texts = [r.text for r, _ in batch]
                 summary.truncated += sum(encoder.is_truncated(t) for t in texts)
+                encoding = time.perf_counter()
                 vectors = encoder.encode_texts(texts)
+                summary.encode_seconds += time.perf_counter() - encoding
                 catalog.add(
                     [
                         {

@@ -30,7 +30,7 @@ from datetime import datetime
 from itertools import islice
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import InputError, InvalidValueError
 
@@ -203,9 +203,11 @@ def load_image(
     """
     path = os.fspath(path)
     if data is None or data.data is None:
-        _check_file(path)
+        size = _check_file(path)
     elif not data.data:
         raise InputError(path, "empty file")
+    else:
+        size = len(data.data)
     missing = missing_decoder(path)
     if missing is not None:
         raise InputError(path, missing)
@@ -217,6 +219,7 @@ def load_image(
         with open(path, "rb") if buffer is None else io.BytesIO(buffer) as fp:
             img = _open(path, fp)
             with img:
+                _read_in_one_block(img, size)
                 return _decode(path, img, max_pixels, draft_size)
     except OSError as exc:  # open() failed; decoding errors are InputErrors already
         raise InputError(path, os_reason(exc)) from exc
@@ -233,6 +236,9 @@ class FileBytes:
 
 NOT_REGULAR = "not a regular file"
 """The reason given for a path that is not a regular file (a FIFO, a device)."""
+
+DECODE_BLOCK_LIMIT = 32 << 20
+"""The most bytes of a file handed to the decoder at once (see ``_read_in_one_block``)."""
 
 READ_LIMIT = 256 << 20
 """Files larger than this are hashed in chunks and decoded from the path (read twice)
@@ -506,8 +512,19 @@ def content_hash(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _check_file(path: str) -> None:
-    """Raise for a missing, non-regular or empty file (cheap, before opening it)."""
+def _read_in_one_block(img: Image.Image, size: int) -> None:
+    """Let the decoder take the file's data in one block (up to ``DECODE_BLOCK_LIMIT``)
+    rather than Pillow's 64 KB ones: after each block the decoding thread comes back into
+    Python and waits for the GIL. Beside a thread that holds it (the model being imported
+    while the first files decode) a 12 MP JPEG took 141 ms instead of 59 ms that way; the
+    pixels are the same (the decoder releases the GIL for each whole block)."""
+    if isinstance(img, ImageFile.ImageFile):
+        img.decodermaxblock = max(ImageFile.MAXBLOCK, min(size, DECODE_BLOCK_LIMIT))
+
+
+def _check_file(path: str) -> int:
+    """Raise for a missing, non-regular or empty file (cheap, before opening it); its size
+    otherwise."""
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -516,6 +533,7 @@ def _check_file(path: str) -> None:
         raise InputError(path, NOT_REGULAR)
     if st.st_size == 0:
         raise InputError(path, "empty file")
+    return st.st_size
 
 
 def _open(path: str, fp: Any) -> Image.Image:

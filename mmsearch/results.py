@@ -105,6 +105,11 @@ class RunSummary:
         truncated: texts cut to the model's context length.
         skipped: inputs that could not be indexed, each with its reason.
         seconds: wall-clock time of the run.
+        model_seconds: of ``seconds``, loading the model (0 when it was loaded already,
+            nothing needed encoding, or the encoding ran on a Ray cluster).
+        encode_seconds: time the model spent encoding, summed over devices: for images on
+            the CPU, ``seconds`` less this is what reading, decoding and storing added.
+            0 when the encoding ran elsewhere (on a Ray cluster).
     """
 
     scanned: int = 0
@@ -116,6 +121,8 @@ class RunSummary:
     truncated: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    model_seconds: float = 0.0
+    encode_seconds: float = 0.0
 
     def __add__(self, other: RunSummary) -> RunSummary:
         """Two runs' summaries as one (counts and seconds add up, skips concatenate)."""
@@ -127,7 +134,8 @@ class RunSummary:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["seconds"] = round(self.seconds, 3)
+        for name in ("seconds", "model_seconds", "encode_seconds"):
+            data[name] = round(data[name], 3)
         return data
 
 
@@ -267,7 +275,8 @@ class TagSummary:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["seconds"] = round(self.seconds, 3)
+        for name in ("seconds", "model_seconds", "encode_seconds"):
+            data[name] = round(data[name], 3)
         return data
 
 

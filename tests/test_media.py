@@ -149,6 +149,50 @@ def test_draft_size_ignored_for_png(tmp_path: Path) -> None:
     assert loaded.image.size == (400, 200) == (loaded.width, loaded.height)
 
 
+def decoder_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the blocks the JPEG decoder is fed, as it is fed them."""
+    from PIL import JpegImagePlugin
+
+    reads: list[int] = []
+    original = JpegImagePlugin.JpegImageFile.load_read
+
+    def counted(self: JpegImagePlugin.JpegImageFile, read_bytes: int) -> bytes:
+        block = original(self, read_bytes)
+        reads.append(len(block))
+        return block
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load_read", counted)
+    return reads
+
+
+@pytest.mark.parametrize("from_memory", [True, False])
+def test_a_jpeg_is_decoded_in_one_block_with_the_same_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, from_memory: bool
+) -> None:
+    # Pillow feeds its decoders 64 KB at a time, and the decoding thread waits for the GIL
+    # after each block: beside a thread holding it (the model's import) a 12 MP photo took
+    # 2.4x as long to decode. A ~1 MB JPEG must go to the decoder in one block.
+    path = noise_jpeg(tmp_path / "a.jpg", size=1024)
+    size = path.stat().st_size
+    assert size > 4 * (64 << 10)
+    with Image.open(path) as reference:  # Pillow's own 64 KB blocks
+        reference.draft("RGB", (256, 256))
+        expected = reference.convert("RGB").tobytes()
+    reads = decoder_reads(monkeypatch)
+    data = load_module.read_file(path) if from_memory else None
+    loaded = load_image(path, draft_size=256, data=data)
+    assert loaded.image.tobytes() == expected
+    assert reads[0] == size  # the whole file (the decoder reads its headers again)
+    assert len(reads) <= 2  # the block, then the end of the file
+
+
+def test_a_truncated_jpeg_from_memory_is_still_refused(tmp_path: Path) -> None:
+    data = noise_jpeg(tmp_path / "full.jpg", size=1024).read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="corrupt or truncated image"):
+        load_image(tmp_path / "cut.jpg", data=load_module.read_file(tmp_path / "cut.jpg"))
+
+
 def reason_of(path: Path | str, **kwargs) -> str:
     with pytest.raises(InputError) as info:
         load_image(path, **kwargs)

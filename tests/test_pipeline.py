@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -267,3 +268,50 @@ def test_reembed_replaces_every_embedding_and_drops_unreadable_images(catalog, f
     )
     assert len(ids) == 4
     np.testing.assert_allclose(stored, expected, atol=2e-3)  # float16 in the catalog
+
+
+class SlowEncoder(FakeEncoder):
+    """Takes ``pause`` seconds for every batch it encodes."""
+
+    def __init__(self, pause: float) -> None:
+        super().__init__()
+        self.pause = pause
+
+    def encode_image_tensors(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+        time.sleep(self.pause)
+        return super().encode_image_tensors(batch)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        time.sleep(self.pause)
+        return super().encode_texts(texts)
+
+
+@pytest.mark.parametrize("image_size", [None, 16])  # the model loads first / beside decoding
+def test_the_summary_says_what_loading_and_encoding_took(catalog, folder, image_size):
+    encoder = SlowEncoder(pause=0.2)
+
+    def slow_load() -> FakeEncoder:
+        time.sleep(0.3)
+        return encoder
+
+    summary = index_images(catalog, [folder], slow_load, batch_size=2, image_size=image_size)
+    assert summary.added == 5
+    assert 0.3 <= summary.model_seconds < summary.seconds
+    assert 3 * 0.2 <= summary.encode_seconds < summary.seconds - summary.model_seconds  # 3 batches
+    assert summary.to_dict()["encode_seconds"] == round(summary.encode_seconds, 3)
+    again = index_images(catalog, [folder], slow_load)  # nothing to encode: nothing loaded
+    assert (again.model_seconds, again.encode_seconds) == (0.0, 0.0)
+
+
+def test_a_text_run_says_what_loading_and_encoding_took(catalog):
+    encoder = SlowEncoder(pause=0.1)
+
+    def slow_load() -> FakeEncoder:
+        time.sleep(0.2)
+        return encoder
+
+    records = [TextRecord(f"text number {i}", "t.txt") for i in range(5)]
+    summary = index_texts(catalog, records, slow_load, batch_size=2)
+    assert summary.added == 5
+    assert summary.model_seconds >= 0.2 and summary.encode_seconds >= 3 * 0.1
+    assert summary.model_seconds + summary.encode_seconds <= summary.seconds

@@ -171,6 +171,13 @@ def _parse_budget(text: str | None) -> int | None:
         raise click.BadParameter(str(exc), param_hint="--memory-budget") from exc
 
 
+def _where_time_went(summary: Any) -> str:
+    """`` (model load 9.8s, encoding 22.7s)`` when a model was loaded or used."""
+    if not (summary.model_seconds or summary.encode_seconds):
+        return ""
+    return f" (model load {summary.model_seconds:.1f}s, encoding {summary.encode_seconds:.1f}s)"
+
+
 def _print_summary(summary: Any, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
@@ -178,7 +185,7 @@ def _print_summary(summary: Any, as_json: bool) -> None:
     click.echo(
         f"scanned {summary.scanned}, added {summary.added}, updated {summary.updated}, "
         f"unchanged {summary.unchanged}, removed {summary.removed}, reused {summary.reused}, "
-        f"skipped {len(summary.skipped)} in {summary.seconds:.1f}s"
+        f"skipped {len(summary.skipped)} in {summary.seconds:.1f}s{_where_time_went(summary)}"
     )
     if summary.truncated:
         click.echo(f"{summary.truncated} texts were cut to the model's context length", err=True)
