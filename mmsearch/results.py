@@ -275,8 +275,7 @@ class TagSummary:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for name in ("seconds", "model_seconds", "encode_seconds"):
-            data[name] = round(data[name], 3)
+        data["seconds"] = round(self.seconds, 3)
         return data
 
 
