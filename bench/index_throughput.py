@@ -285,7 +285,8 @@ def agreement(feed: Any, folder: Path, n: int) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from query import checkpoint
 
-    from indexer.feed import cpu_cores, thread_budget
+    from indexer.feed import thread_budget
+    from mmsearch.config import cpu_cores
     from mmsearch.encoder import Encoder
     from mmsearch.imagefeed import TorchFeed
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from indexer.common import EncoderLike
 from mmsearch import media
-from mmsearch.config import ENV_DECODE_SCHEDULE
+from mmsearch.config import ENV_DECODE_SCHEDULE, cpu_cores
 from mmsearch.errors import InvalidValueError
 from mmsearch.media import EncodedImages, FileBytes, PreparedImage
 
@@ -87,7 +87,10 @@ class PlainFeed:
         return EncodedImages(self.encoder.encode_image_tensors([p.payload for p in batch]), {})
 
     def use_threads(self, threads: int | None) -> None:
-        """No threads of its own to size."""
+        """The encoder's threads, where it has a say in them (the ONNX runtime's)."""
+        use = getattr(self.encoder, "use_threads", None)
+        if use is not None:
+            use(threads)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -111,14 +114,6 @@ class ThreadBudget:
     alternate: bool  # decoders pause while the model runs (CPU only)
 
 
-def cpu_cores() -> int:
-    """The cores this process may run on (its affinity, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def thread_budget(
     cores: int | None = None, workers: int | None = None, schedule: str | None = None
 ) -> ThreadBudget:
@@ -132,7 +127,7 @@ def thread_budget(
     ``alternate`` there) and ``model_threads`` is unused.
 
     Args:
-        cores: Cores to use (default: :func:`cpu_cores`).
+        cores: Cores to use (default: :func:`mmsearch.config.cpu_cores`).
         workers: Decoding threads, overriding the budget's choice.
         schedule: ``alternate`` or ``overlap``.
 

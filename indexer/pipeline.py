@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from indexer.common import DEFAULT_BATCH, EncoderLike
-from indexer.feed import Decoded, ImageFeed, ThreadBudget, cpu_cores, feed_for, thread_budget
+from indexer.feed import Decoded, ImageFeed, ThreadBudget, feed_for, thread_budget
 from indexer.reading import (
     POLL,
     DecodingThreads,
@@ -42,6 +42,7 @@ from indexer.reading import (
 )
 from indexer.scan import FileEntry, KnownFile, plan_changes, plan_remembered, scan
 from mmsearch.catalog import Catalog, ItemRecord, SkipRecord
+from mmsearch.config import cpu_cores
 from mmsearch.errors import InputError
 from mmsearch.media import (
     EncodedImages,

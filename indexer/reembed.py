@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from indexer.common import DEFAULT_BATCH, EncoderLike, batches
 from mmsearch.catalog import Catalog, ItemRecord
+from mmsearch.config import cpu_cores
 from mmsearch.media import draft_size, load_many
 from mmsearch.results import ProgressFactory, RunSummary, Skipped, no_progress
 
@@ -27,7 +27,7 @@ def reembed(
     """
     started = time.perf_counter()
     progress = progress or no_progress
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = workers or min(8, cpu_cores())
     summary = RunSummary()
     encoder = get_encoder()
     images = catalog.image_files()

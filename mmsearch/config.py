@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,11 @@ ENV_CACHE = "MMSEARCH_CACHE"
 #: runtime when there is one, else torch), ``onnx`` (refuse to fall back) or ``torch``.
 ENV_QUERY_RUNTIME = "MMSEARCH_QUERY_RUNTIME"
 QUERY_RUNTIMES = ("auto", "onnx", "torch")
+#: Environment variable choosing what encodes an indexing run on a machine without a GPU:
+#: ``auto`` (the model's exported ONNX towers when they are there and valid — no torch to
+#: import — else torch) or ``torch``.
+ENV_INDEX_RUNTIME = "MMSEARCH_INDEX_RUNTIME"
+INDEX_RUNTIMES = ("auto", "torch")
 #: Environment variable choosing how an indexing run shares CPU cores between decoding
 #: and a model on the CPU: ``alternate`` (default) or ``overlap`` (indexer/feed.py).
 ENV_DECODE_SCHEDULE = "MMSEARCH_DECODE_SCHEDULE"
@@ -39,6 +45,15 @@ MANIFEST_FILE_TEMPLATE = "vectors-{modality}.json"
 STORE_FILE = "embeddings.f16"
 
 MODALITIES = ("image", "text")
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or
+    ``taskset`` narrows, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def data_dir(app: str = "mmsearch") -> Path:
@@ -82,6 +97,20 @@ def query_runtime_choice() -> str:
     """``auto``, ``onnx`` or ``torch``, from ``$MMSEARCH_QUERY_RUNTIME`` (default auto)."""
     choice = os.environ.get(ENV_QUERY_RUNTIME, "auto").strip().lower() or "auto"
     return choice if choice in QUERY_RUNTIMES else "auto"
+
+
+def index_runtime_choice() -> str:
+    """``auto`` or ``torch``, from ``$MMSEARCH_INDEX_RUNTIME`` (default auto)."""
+    choice = os.environ.get(ENV_INDEX_RUNTIME, "auto").strip().lower() or "auto"
+    return choice if choice in INDEX_RUNTIMES else "auto"
+
+
+def gpu_may_be_present() -> bool:
+    """Whether this machine may have a GPU torch could use (NVIDIA or ROCm device files, or
+    ``nvidia-smi`` on the PATH), asked without importing torch: only torch knows for sure."""
+    if any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd")):
+        return True
+    return shutil.which("nvidia-smi") is not None
 
 
 def default_index_dir() -> Path:

@@ -32,6 +32,7 @@ from typing import Any
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from .config import cpu_cores
 from .errors import InputError, InvalidValueError
 
 logger = logging.getLogger(__name__)
@@ -360,7 +361,7 @@ def load_many(
         paths: Image files.
         transform: Applied to each decoded image in the worker (e.g. an encoder's
             preprocessing); an exception it raises becomes an InputError for that path.
-        workers: Threads; defaults to ``min(8, os.cpu_count())``.
+        workers: Threads; defaults to ``min(8, cpu_cores())``.
         max_pixels: See :func:`load_image`.
         draft_size: See :func:`load_image`.
         prefetch: Most images in flight at once (at least 1).
@@ -373,7 +374,7 @@ def load_many(
     Raises:
         ValueError: ``workers`` or ``prefetch`` is less than 1.
     """
-    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    workers = workers if workers is not None else min(8, cpu_cores())
     if workers < 1 or prefetch < 1:
         raise InvalidValueError(f"workers and prefetch must be >= 1, got {workers} and {prefetch}")
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmsearch-load")

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import BAD_FILES, GOOD_IMAGES, TINY, noise_image
 
+from indexer.runtime_encoder import RuntimeEncoder
 from mmsearch.cli import cli
 from mmsearch.encoder import Encoder
 from mmsearch.status import ExitStatus
@@ -29,6 +30,10 @@ def run(*args: str, ok: bool = True) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+#: What encodes a run's images: torch, or the model's exported towers (no GPU here).
+ENGINES = (Encoder, RuntimeEncoder)
+
+
 def index_json(index: Path, *args: str) -> dict:
     _, out, _ = run("-q", "index", "--index", str(index), "--model", TINY, "--json", *args)
     return json.loads(out)
@@ -36,15 +41,17 @@ def index_json(index: Path, *args: str) -> dict:
 
 @pytest.fixture
 def encoded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the images that go through the image tower, batch by batch."""
+    """Counts the images that go through the image tower, batch by batch (torch's, or the
+    exported one that runs encode with once the tiny model's export is in the cache)."""
     sizes: list[int] = []
-    original = Encoder.encode_image_tensors
+    for engine in ENGINES:
+        original = engine.encode_image_tensors
 
-    def spy(self: Encoder, batch):  # type: ignore[no-untyped-def]
-        sizes.append(len(batch))
-        return original(self, batch)
+        def spy(self, batch, original=original):  # type: ignore[no-untyped-def]
+            sizes.append(len(batch))
+            return original(self, batch)
 
-    monkeypatch.setattr(Encoder, "encode_image_tensors", spy)
+        monkeypatch.setattr(engine, "encode_image_tensors", spy)
     return sizes
 
 
@@ -195,15 +202,16 @@ def test_reindex_is_incremental(tmp_path, photos, encoded):
 def test_interrupted_run_resumes(tmp_path, photos, monkeypatch):
     idx = tmp_path / "idx"
     calls = {"n": 0}
-    original = Encoder.encode_image_tensors
+    for engine in ENGINES:
+        original = engine.encode_image_tensors
 
-    def dies_on_second_batch(self, batch):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, batch)
+        def dies_on_second_batch(self, batch, original=original):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+            return original(self, batch)
 
-    monkeypatch.setattr(Encoder, "encode_image_tensors", dies_on_second_batch)
+        monkeypatch.setattr(engine, "encode_image_tensors", dies_on_second_batch)
     result = CliRunner().invoke(
         cli,
         [
@@ -219,7 +227,7 @@ def test_interrupted_run_resumes(tmp_path, photos, monkeypatch):
         ],
     )
     assert result.exit_code != 0 and calls["n"] == 2
-    monkeypatch.setattr(Encoder, "encode_image_tensors", original)
+    monkeypatch.undo()  # both engines encode again
     summary = index_json(idx, str(tmp_path / "photos"))
     assert summary["unchanged"] == 2  # the first batch was committed
     assert summary["added"] == GOOD_IMAGES - 2

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import cpu_cores
 from .faiss_index import VectorIndex
 from .library import require_faiss
 
@@ -72,7 +72,7 @@ def add_sharded(
     if vi.manifest.factory == "Flat" or not vi.is_trained:
         raise ValueError("sharded adding needs a trained IVF index")
     trained = fs.serialize_index(vi.index)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, cpu_cores() // workers)
     pending: deque[Future[np.ndarray]] = deque()
     shards = 0
     with ProcessPoolExecutor(

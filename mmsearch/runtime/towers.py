@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..config import cpu_cores
 from ..errors import QueryRuntimeError
 from . import format as fmt
 from .hf_tokenizer import HFTokenizer
@@ -42,7 +43,7 @@ TOWERS = ("text", "image")
 #: threads the weights' memory bandwidth, not compute, bounds the text tower.
 MAX_THREADS = 2
 _LOADAVG = "/proc/loadavg"
-_CORES = os.cpu_count() or 1  # asked once: each call reads /sys
+_CORES = cpu_cores()  # asked once: this process's affinity
 
 
 def free_cores(cores: int | None = None) -> int:
@@ -192,9 +193,21 @@ class QueryRuntime:
         ]
         return np.concatenate(parts)
 
-    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Encode already preprocessed images, float32 (N, 3, H, W)."""
-        return self._run("image", {fmt.IMAGE_INPUT: np.ascontiguousarray(pixels, np.float32)})
+    def encode_pixels(self, pixels: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """Encode already preprocessed images, float32 (N, 3, H, W), with ``threads``
+        intra-op threads (default: as for a query, :meth:`threads_now`)."""
+        session = self._session("image", threads) if threads else None
+        feed = {fmt.IMAGE_INPUT: np.ascontiguousarray(pixels, np.float32)}
+        return self._run("image", feed, session)
+
+    def open_tower(self, tower: str, threads: int | None = None) -> None:
+        """Create the tower's session now (the first one of a tower is self-tested), not on
+        its first use.
+
+        Raises:
+            QueryRuntimeError: the tower cannot be opened or fails its self-test.
+        """
+        self._session(tower, threads)
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens of ``text`` including start/end markers (no truncation)."""
