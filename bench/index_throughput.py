@@ -16,9 +16,14 @@ files quickly for a GPU. Generated once into the work dir and reused.
 Measured in one run, in this order (the machine may be shared: speeds are compared within
 the run, and ``uptime``'s load is recorded beside each):
 
+* ``engine``: a first small run exports the model's towers into the shared cache; on the
+  CPU the runs after it encode with them (``onnx``: indexer/runtime_encoder.py), on CUDA
+  with torch. Each end-to-end run records the engine it used.
 * ``model_only``: the feed the indexer uses encoding already-preprocessed tensors
   (batch 64 on the CPU, 256 on CUDA), with the thread count an index run gives the model;
   measured before and after the end-to-end runs (both are reported; ratios use their mean).
+  With the ``onnx`` engine, torch's rate on the same tensors is measured once too
+  (``model_only_torch``; ``x_torch_model_only_*`` compares the runs with it).
 * ``decode``: one thread's CPU cost per image of each step — read + hash, Pillow decode at
   reduced JPEG scale, the model's preprocessing — and of simplejpeg's reduced-scale decode
   when it is installed (the faster-decoder question), on 12 MP and 2 MP files.
@@ -140,16 +145,23 @@ def load() -> float:
 
 
 def model_only(feed: Any, n: int, batch: int) -> dict[str, Any]:
-    """Images/s of the feed encoding preprocessed tensors (after one warm-up batch)."""
-    import torch
-
+    """Images/s of the feed encoding preprocessed tensors (after one warm-up batch): torch
+    tensors already on the device for the torch feed, float32 arrays for the ONNX one."""
     from mmsearch.media import PreparedImage
 
-    size = feed.size
-    x = torch.randn(batch, 3, size, size, device=feed.devices[0])  # already on the device
+    if hasattr(feed, "devices"):  # mmsearch.imagefeed.TorchFeed
+        import torch
+
+        size = feed.size
+        x = torch.randn(batch, 3, size, size, device=feed.devices[0])
+    else:  # indexer.feed.PlainFeed over indexer.runtime_encoder.RuntimeEncoder
+        size = feed.encoder.image_size
+        x = np.random.default_rng(0).standard_normal((batch, 3, size, size), np.float32)
     items = [PreparedImage(4000, 3000, None, x[i]) for i in range(batch)]
     feed.encode(items[: min(8, batch)])
     if not feed.on_cpu:
+        import torch
+
         torch.cuda.synchronize()
     done, t0, c0, l0 = 0, time.perf_counter(), time.process_time(), load()
     while done < n:
@@ -180,7 +192,7 @@ def decode_costs(feed: Any, folder: Path, n: int) -> dict[str, Any]:
         t1 = time.thread_time()
         loaded = media.load_image(path, draft_size=feed.draft, data=data)
         t2 = time.thread_time()
-        feed.preprocess(loaded.image)  # what the indexer runs
+        feed.from_decoded(loaded.image)  # the engine's preprocessing, as the indexer runs it
         t3 = time.thread_time()
         steps["read_hash"].append(t1 - t)
         steps["decode"].append(t2 - t1)
@@ -234,7 +246,7 @@ def end_to_end(
         "MMSEARCH_DEVICE": device,
         **env_extra,
     }
-    cmd = [sys.executable, "-m", "mmsearch", "-q", "index", str(folder), "--index", str(index)]
+    cmd = [sys.executable, "-m", "mmsearch", "-v", "index", str(folder), "--index", str(index)]
     cmd += ["--model", MODEL, "--pretrained", str(weights), "--json"]
     l0, t0 = load(), time.perf_counter()
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -246,7 +258,9 @@ def end_to_end(
         raise RuntimeError(f"mmsearch index failed ({proc.returncode}): {proc.stderr[-2000:]}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     n = summary["added"]
+    onnx = "encoding the run with the exported image tower" in proc.stderr
     return {
+        "engine": "onnx" if onnx else "torch",
         "images": n,
         "skipped": len(summary["skipped"]),
         "run_seconds": summary["seconds"],
@@ -262,6 +276,19 @@ def end_to_end(
         "process_cpu_ms_per_image": round(1000 * cpu / max(n, 1), 1),
         "load": [l0, load()],
     }
+
+
+def onnx_feed(encoder: Any, workdir: Path) -> Any:
+    """The feed ``mmsearch index`` uses on the CPU once the model's towers are exported."""
+    from indexer.feed import PlainFeed
+    from indexer.runtime_encoder import RuntimeEncoder
+    from mmsearch import config
+    from mmsearch.runtime import QueryRuntime
+
+    os.environ[config.ENV_CACHE] = str(workdir / "cache")  # where the runs export to
+    identity = encoder.spec.identity
+    runtime = QueryRuntime.load(config.runtime_dir(identity), expect_identity=identity)
+    return PlainFeed(RuntimeEncoder(runtime, encoder.spec))
 
 
 def agreement(feed: Any, folder: Path, n: int) -> dict[str, float]:
@@ -298,9 +325,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cores = cpu_cores()
     budget = thread_budget(cores=cores)
 
+    # A first run exports the model's towers into the shared cache (once): the runs after
+    # it encode with them on a machine without a GPU (indexer/runtime_encoder.py), and
+    # the model-only rates below are those of the engine the runs use.
+    warm = corpus(workdir, "2mp", 4, None)
+    engine = end_to_end(warm, workdir, weights, args.device, {})["engine"]
     encoder = Encoder.load(MODEL, pretrained=str(weights), device=args.device)
-    feed = TorchFeed(encoder)
-    feed.use_threads(budget.model_threads if feed.on_cpu else None)
+    torch_feed = TorchFeed(encoder)
+    torch_feed.use_threads(budget.model_threads if torch_feed.on_cpu else None)
+    feed: Any = torch_feed
+    if engine == "onnx":
+        feed = onnx_feed(encoder, workdir)
+        feed.use_threads(budget.model_threads)
     batch = 64 if feed.on_cpu else 256
     results: dict[str, Any] = {
         "machine": {
@@ -308,26 +344,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cpu": platform.processor() or platform.machine(),
             "device": str(encoder.device),
             "lanes": feed.lanes,
-            "gpu_jpeg": feed.gpu_jpeg,
-            "dtype": str(feed.dtype).replace("torch.", ""),
+            "gpu_jpeg": torch_feed.gpu_jpeg,
+            "dtype": str(torch_feed.dtype).replace("torch.", ""),
         },
+        "engine": engine,
         "model": f"{MODEL} (random weights, safetensors checkpoint)",
         "budget": budget.__dict__,
         "corpus": {"12mp": corpus_info(big), **({"2mp": corpus_info(small)} if small else {})},
         "uptime_start": _uptime(),
     }
     print("model only…", file=sys.stderr)
+    if feed is not torch_feed:  # torch's rate on the same machine, for the record
+        results["model_only_torch"] = model_only(torch_feed, args.model_images, batch)
     results["model_only_before"] = model_only(feed, args.model_images, batch)
     print("decode costs…", file=sys.stderr)
     results["decode_12mp"] = decode_costs(feed, big, min(args.n, 24))
     if small is not None:
         results["decode_2mp"] = decode_costs(feed, small, min(args.n2mp, 24))
     if args.device.startswith("cuda") or args.agreement:
-        results["agreement_device_vs_pillow"] = agreement(feed, small or big, 16)
-
-    # Warm-up: a first run exports the model into the shared cache (once).
-    warm = corpus(workdir, "2mp", 4, None)
-    end_to_end(warm, workdir, weights, args.device, {})
+        results["agreement_device_vs_pillow"] = agreement(torch_feed, small or big, 16)
     e2e: dict[str, Any] = {}
     # A model-only slice right before each end-to-end run and one after the last: each run
     # is also compared with the model-only rate measured next to it (the machine's speed
@@ -355,6 +390,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["model_only_slices"] = slices[:-1]
     results["model_only_after"] = slices[-1]
     feed.close()
+    torch_feed.close()
     results["uptime_end"] = _uptime()
     results["summary"] = summarise(results, cores)
     return results
@@ -369,6 +405,13 @@ def summarise(r: dict[str, Any], cores: int) -> dict[str, Any]:
         if "model_only_adjacent_images_per_s" in e:
             adjacent = e["images_per_s"] / e["model_only_adjacent_images_per_s"]
             out[f"ratio_adjacent_{name}"] = round(adjacent, 3)
+    torch_only = r.get("model_only_torch")
+    if torch_only:  # the runs encoded with the ONNX towers: against torch's rate too
+        out["torch_model_only_images_per_s"] = torch_only["images_per_s"]
+        for name, e in r["end_to_end"].items():
+            out[f"x_torch_model_only_{name}"] = round(
+                e["images_per_s"] / torch_only["images_per_s"], 3
+            )
     for name, e in r["end_to_end"].items():  # against the model's own rate inside the run
         if e.get("encode_seconds"):
             out[f"ratio_in_run_{name}"] = round(e["encode_seconds"] / e["run_seconds"], 3)
