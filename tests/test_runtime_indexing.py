@@ -156,6 +156,17 @@ def test_what_encodes_a_run(
     assert (loads == [1]) is not uses_export
 
 
+def test_a_run_opens_one_image_session(tmp_path, folder, exported, monkeypatch):
+    """The tower is checked with the session the run then encodes with (all cores, the
+    default schedule), not with a second one of another thread count."""
+    for where in ("indexer.feed", "indexer.runtime_encoder"):  # the budget, the check
+        monkeypatch.setattr(f"{where}.cpu_cores", lambda: 2)
+    with Index.open(tmp_path / "idx", model=TINY, device="cpu") as index:
+        assert index.add_images([folder]).added == 7
+        sessions = index._runtime(index.model_info["identity"])._sessions
+    assert [threads for tower, threads in sessions if tower == "image"] == [2]
+
+
 def test_a_cli_run_with_an_export_imports_no_torch(tmp_path, folder, exported):
     """The real CLI in a new process: with the export there, ``mmsearch index`` imports
     neither torch nor open_clip (the seconds a run used to spend before its first image)."""
