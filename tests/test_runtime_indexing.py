@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,8 @@ from mmsearch.runtime import QueryRuntime
 TEXTS = ["a red car", "a dog on a beach", "two cats in the snow"]
 
 
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    photos = tmp_path / "photos"
+def _photos(root: Path) -> Path:
+    photos = root / "photos"
     photos.mkdir()
     for seed in range(6):
         noise_image(seed, size=(96, 72)).save(photos / f"{seed}.jpg", quality=92)
@@ -34,16 +34,34 @@ def folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def exported(tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The tiny model's towers, exported by a torch run into a cache of this test's own."""
-    monkeypatch.setenv(config.ENV_CACHE, str(tmp_path / "cache"))
-    with monkeypatch.context() as m:
+def folder(tmp_path: Path) -> Path:
+    return _photos(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A cache with the tiny model's towers, exported by a torch run (once per module), and
+    that run's index: (cache, index)."""
+    root = tmp_path_factory.mktemp("seeded")
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv(config.ENV_CACHE, str(root / "cache"))
         m.setenv(config.ENV_INDEX_RUNTIME, "torch")
-        with Index.open(tmp_path / "seed", model=TINY, device="cpu") as index:
-            index.add_images([folder])
+        with Index.open(root / "seed", model=TINY, device="cpu") as index:
+            index.add_images([_photos(root)])
             identity = index.model_info["identity"]
-    runtime = config.runtime_dir(identity)
-    assert (runtime / "runtime.json").is_file()
+        assert (config.runtime_dir(identity) / "runtime.json").is_file()
+    return root / "cache", root / "seed"
+
+
+@pytest.fixture
+def exported(tmp_path: Path, seeded: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own copy of the exported towers (a test may damage them) as the cache,
+    and of the index that exported them (``tmp_path / "seed"``); the runtime directory."""
+    cache, seed = seeded
+    shutil.copytree(cache, tmp_path / "cache")
+    shutil.copytree(seed, tmp_path / "seed")
+    monkeypatch.setenv(config.ENV_CACHE, str(tmp_path / "cache"))
+    (runtime,) = (tmp_path / "cache" / "runtimes").iterdir()
     return runtime
 
 
