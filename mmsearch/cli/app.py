@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from .. import config
+from ..click_options import index_option as index_option  # the commands' import
 from ..errors import MMSearchError
 from ..status import ExitStatus, MMSearchException
 
@@ -41,17 +42,6 @@ def handle_errors(func: F) -> F:
             raise MMSearchException(exc) from exc
 
     return wrapper  # type: ignore[return-value]
-
-
-def index_option(func: F) -> F:
-    return click.option(
-        "--index",
-        "index_dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar=config.ENV_INDEX,
-        show_envvar=True,
-        help="Index directory [default: platform data dir, e.g. ~/.local/share/mmsearch/index].",
-    )(func)
 
 
 def model_options(func: F) -> F:

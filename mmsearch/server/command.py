@@ -12,20 +12,14 @@ from typing import Any
 import click
 
 from .. import config
+from ..click_options import index_option
 
 #: Environment variable holding the token (keeps it out of ``ps`` output).
 ENV_TOKEN = "MMSEARCH_TOKEN"
 
 
 @click.command("serve")
-@click.option(
-    "--index",
-    "index_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar=config.ENV_INDEX,
-    show_envvar=True,
-    help="Index directory [default: platform data dir, e.g. ~/.local/share/mmsearch/index].",
-)
+@index_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
