@@ -4,7 +4,7 @@
 On a machine without a GPU, once a model's towers are exported (the first run that loads
 the model exports them), later runs encode with them: no torch, open_clip or torchvision
 to import (ViT-B-32 on two cores: the run's encoder is ready in 0.8–1.7 s instead of
-10–14 s), and onnxruntime encodes the image tower 10–25 % faster than torch there. The
+10–14 s), and onnxruntime encodes the image tower 10–17 % faster than torch there. The
 embeddings are the torch encoder's to float rounding (max abs difference 1.4e-7 on 64
 ViT-B-32 images), and the preprocessing is the same Pillow calls
 (:class:`mmsearch.runtime.preprocess.ImageTransform`), so what gets indexed does not depend
