@@ -182,6 +182,7 @@ class IndexInfo:
     vectors: list[VectorInfo]
     catalog_bytes: int
     query_runtime: str = ""  # how queries are encoded: onnx (its directory) or torch (why)
+    index_runtime: str = ""  # what the next indexing run encodes with: onnx or torch (why)
     tags: dict[str, int] = field(default_factory=dict)  # items per tag, most first
     skipped_files: list[Skipped] = field(default_factory=list)  # remembered bad files
     # extra text encoders (taught languages), as mmsearch.languages.TextEncoderInfo dicts

@@ -360,6 +360,9 @@ def test_info_shows_the_tuning_of_each_query_modality(tmp_path, photos, monkeypa
     assert re.search(r"text queries: nprobe=\d+, re-rank x\d+, tuned recall@10 [\d.]+", out)
     assert re.search(r"image queries: nprobe=\d+, re-rank x\d+", out), out
     assert "by_query" not in out
+    # The run exported the model's towers; this machine has no GPU and the tests ask for
+    # the CPU: the next run encodes with them.
+    assert "indexing: onnx (the model's exported towers)" in out, out
 
 
 def test_index_env_var_and_several_folders(tmp_path, photos, monkeypatch):

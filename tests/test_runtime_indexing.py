@@ -217,3 +217,17 @@ def test_the_runtime_encodes_pixels_with_the_threads_asked_for(exported):
     one, two = runtime.encode_pixels(pixels, threads=1), runtime.encode_pixels(pixels, threads=2)
     np.testing.assert_allclose(one, two, atol=1e-6)
     assert {threads for tower, threads in runtime._sessions if tower == "image"} == {1, 2}
+
+
+def test_info_says_what_the_next_run_encodes_with(tmp_path, exported, monkeypatch):
+    monkeypatch.setenv(config.ENV_DEVICE, "cpu")
+    with Index.open(tmp_path / "seed", create=False) as index:
+        assert index.info().index_runtime == "onnx (the model's exported towers)"
+        monkeypatch.setenv(config.ENV_INDEX_RUNTIME, "torch")
+        assert index.info().index_runtime == "torch ($MMSEARCH_INDEX_RUNTIME=torch)"
+        monkeypatch.delenv(config.ENV_INDEX_RUNTIME)
+        shutil.rmtree(exported)
+        index._loaded_runtime = None  # as a new process would find it
+        assert index.info().index_runtime.startswith("torch (no valid export")
+    with Index.open(tmp_path / "new") as empty:
+        assert empty.info().index_runtime.startswith("torch (no model yet")

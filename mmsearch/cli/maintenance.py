@@ -36,6 +36,7 @@ def info_cmd(index_dir: Path | None, as_json: bool) -> None:
     click.echo(f"texts:    {info.texts}")
     click.echo(f"catalog:  {info.catalog_bytes / 1e6:.1f} MB, schema v{info.schema_version}")
     click.echo(f"queries:  {info.query_runtime}")
+    click.echo(f"indexing: {info.index_runtime}")
     if info.skipped_files:
         click.echo(
             f"skipped:  {len(info.skipped_files)} files remembered as undecodable, not read "

@@ -838,6 +838,7 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
             vectors=vectors,
             catalog_bytes=size,
             query_runtime=self.query_runtime_status(),
+            index_runtime=self.index_runtime_status(),
             tags=self._reads.tag_counts(),
             skipped_files=[
                 Skipped(r.path, r.reason, remembered=True) for r in self._reads.skipped_files()

@@ -54,6 +54,26 @@ class RuntimeMethods:
         logger.info("encoding the run with the exported %s tower", tower)
         return encoder
 
+    def index_runtime_status(self) -> str:
+        """What the next indexing run encodes with, for ``mmsearch info``: ``onnx`` (the
+        model's exported towers, on a machine without a GPU; they are self-tested when the
+        run opens them) or torch and why."""
+        if self.model_info is None:
+            return "torch (no model yet: the first run loads it and exports its towers)"
+        if config.index_runtime_choice() == "torch":
+            return f"torch (${config.ENV_INDEX_RUNTIME}=torch)"
+        if not self._cpu_only():
+            return "torch (a GPU may be there)"
+        if self._runtime_or_none() is None:
+            return "torch (no valid export of the model's towers: see queries)"
+        return "onnx (the model's exported towers)"
+
+    def _runtime_or_none(self) -> QueryRuntime | None:
+        try:
+            return self._runtime(self._spec().identity)
+        except QueryRuntimeError:
+            return None
+
     def _cpu_only(self) -> bool:
         """Whether the model would run on the CPU (the device asked for, else no GPU)."""
         name = self._device or os.environ.get(config.ENV_DEVICE)
