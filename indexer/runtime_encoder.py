@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mmsearch.config import cpu_cores
+from indexer.feed import thread_budget
 from mmsearch.models import ModelSpec, model_record
 from mmsearch.runtime import QueryRuntime
 
@@ -56,12 +56,12 @@ class RuntimeEncoder:
 
     def check(self, tower: str) -> None:
         """Open ``tower`` now (its session and self-test), so that a tower that fails does so
-        before the run relies on it. The image tower opens with the threads a run gives the
-        model by default (every core: the ``alternate`` schedule), the session it will
+        before the run relies on it. The image tower opens with the threads a run's thread
+        budget gives the model (:func:`indexer.feed.thread_budget`), the session it will
         encode with — not a second one of another size (~350 MB each for ViT-B-32).
 
         Raises:
             QueryRuntimeError: the tower cannot be opened or fails its self-test.
         """
-        threads = self._threads or (cpu_cores() if tower == "image" else None)
+        threads = self._threads or (thread_budget().model_threads if tower == "image" else None)
         self.runtime.open_tower(tower, threads)

@@ -177,8 +177,7 @@ def test_what_encodes_a_run(
 def test_a_run_opens_one_image_session(tmp_path, folder, exported, monkeypatch):
     """The tower is checked with the session the run then encodes with (all cores, the
     default schedule), not with a second one of another thread count."""
-    for where in ("indexer.feed", "indexer.runtime_encoder"):  # the budget, the check
-        monkeypatch.setattr(f"{where}.cpu_cores", lambda: 2)
+    monkeypatch.setattr("indexer.feed.cpu_cores", lambda: 2)  # the run's thread budget
     with Index.open(tmp_path / "idx", model=TINY, device="cpu") as index:
         assert index.add_images([folder]).added == 7
         sessions = index._runtime(index.model_info["identity"])._sessions
@@ -231,3 +230,10 @@ def test_info_says_what_the_next_run_encodes_with(tmp_path, exported, monkeypatc
         assert index.info().index_runtime.startswith("torch (no valid export")
     with Index.open(tmp_path / "new") as empty:
         assert empty.info().index_runtime.startswith("torch (no model yet")
+
+
+def test_info_of_an_index_opened_with_another_model_still_answers(tmp_path, exported):
+    """info() describes the stored model; a mismatched model asked for on open is refused
+    by the runs that would use it, not by info (index_runtime_status raised here once)."""
+    with Index.open(tmp_path / "seed", create=False, model="ViT-B-32", device="cpu") as index:
+        assert index.info().index_runtime == "onnx (the model's exported towers)"

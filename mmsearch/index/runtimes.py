@@ -33,14 +33,10 @@ class RuntimeMethods:
 
     def _run_encoder(self, tower: str) -> EncoderLike:
         """What encodes a run's images (``tower`` ``image``) or texts: the torch encoder
-        when it is loaded already, asked for (``$MMSEARCH_INDEX_RUNTIME=torch``) or a GPU
-        may be there; else the model's exported towers when they are there and ``tower``
-        passes its self-test; else torch."""
-        if (
-            self._encoder is not None
-            or config.index_runtime_choice() == "torch"
-            or not self._cpu_only()
-        ):
+        when it is loaded already or :meth:`_why_runs_use_torch` says so; else the model's
+        exported towers when they are there and ``tower`` passes its self-test; else
+        torch."""
+        if self._encoder is not None or self._why_runs_use_torch() is not None:
             return self.encoder()
         from indexer.runtime_encoder import RuntimeEncoder
 
@@ -58,21 +54,26 @@ class RuntimeMethods:
         """What the next indexing run encodes with, for ``mmsearch info``: ``onnx`` (the
         model's exported towers, on a machine without a GPU; they are self-tested when the
         run opens them) or torch and why."""
-        if self.model_info is None:
+        info = self.model_info
+        if info is None:
             return "torch (no model yet: the first run loads it and exports its towers)"
-        if config.index_runtime_choice() == "torch":
-            return f"torch (${config.ENV_INDEX_RUNTIME}=torch)"
-        if not self._cpu_only():
-            return "torch (a GPU may be there)"
-        if self._runtime_or_none() is None:
+        why = self._why_runs_use_torch()
+        if why is not None:
+            return f"torch ({why})"
+        try:
+            self._runtime(info["identity"])  # the stored model's, as query_runtime_status
+        except QueryRuntimeError:
             return "torch (no valid export of the model's towers: see queries)"
         return "onnx (the model's exported towers)"
 
-    def _runtime_or_none(self) -> QueryRuntime | None:
-        try:
-            return self._runtime(self._spec().identity)
-        except QueryRuntimeError:
-            return None
+    def _why_runs_use_torch(self) -> str | None:
+        """Why indexing runs encode with torch whatever the export: asked for, or a GPU may
+        be there; None when the export decides."""
+        if config.index_runtime_choice() == "torch":
+            return f"${config.ENV_INDEX_RUNTIME}=torch"
+        if not self._cpu_only():
+            return "a GPU may be there"
+        return None
 
     def _cpu_only(self) -> bool:
         """Whether the model would run on the CPU (the device asked for, else no GPU)."""
