@@ -244,6 +244,20 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _interrupted_creation(s: Session, tables: set[str]) -> bool:
+    """Whether a catalog with tables but no schema version is one of ours whose creation
+    was cut short: a process killed after creating the tables (which SQLite commits one by
+    one) and before recording the version. Only our tables, nothing in ``meta``, no items:
+    finishing it loses nothing; anything else is refused as not ours."""
+    if not tables <= set(Base.metadata.tables):
+        return False
+    empty = not s.scalar(select(func.count()).select_from(Meta))
+    if empty and not s.scalar(select(func.count()).select_from(Item)):
+        logger.info("finishing a catalog whose creation was interrupted")
+        return True
+    return False
+
+
 class Catalog:
     """The SQLite catalog of one index directory.
 
@@ -328,7 +342,7 @@ class Catalog:
             Base.metadata.create_all(self.engine)
         with self.session() as s, s.begin():
             row = s.get(Meta, "schema_version")
-            if row is None and tables:
+            if row is None and tables and not _interrupted_creation(s, tables):
                 raise IndexCorruptError(f"{self.path} is not an mmsearch catalog")
             if row is None:
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
