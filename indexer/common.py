@@ -27,6 +27,8 @@ class EncoderLike(Protocol):
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
     def is_truncated(self, text: str) -> bool: ...
     def record(self) -> dict[str, Any]: ...
+    @property
+    def engine(self) -> str: ...
 
 
 def load_encoder(
@@ -39,6 +41,7 @@ def load_encoder(
     encoder = get_encoder()
     if summary is not None:
         summary.model_seconds += time.perf_counter() - started
+        summary.engine = encoder.engine
     catalog.claim_model(encoder.record())
     return encoder
 

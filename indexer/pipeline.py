@@ -622,6 +622,7 @@ class _Run:
                     loaded = True
                     # Claimed before any embedding is stored (a different model is refused).
                     self.catalog.claim_model(msg.encoder.record())
+                    summary.engine = msg.encoder.engine
                     self.to_encode.maxsize = 2 * batch_size * msg.feed.lanes
                     self._start_lanes(msg.feed, batch_size)
                     lanes = msg.feed.lanes

@@ -50,6 +50,11 @@ class RuntimeEncoder:
     def is_truncated(self, text: str) -> bool:
         return self.runtime.is_truncated(text)
 
+    @property
+    def engine(self) -> str:
+        """What encodes: the model's exported (ONNX) towers."""
+        return "onnx"
+
     def record(self) -> dict[str, Any]:
         """The model record the torch encoder gives (see :func:`model_record`)."""
         return model_record(self.spec, self.dim)

@@ -212,6 +212,11 @@ class Encoder:
         logger.info("loaded %s on %s", spec.display, dev)
         return cls(spec, net, preprocess, tokenizer, dev, model_cfg)
 
+    @property
+    def engine(self) -> str:
+        """What encodes: ``torch:`` and the device type (``torch:cpu``, ``torch:cuda``)."""
+        return f"torch:{self.device.type}"
+
     def record(self) -> dict[str, Any]:
         """What an index remembers of its model (see :func:`mmsearch.models.model_record`)."""
         return model_record(self.spec, self.dim)

@@ -110,6 +110,9 @@ class RunSummary:
         encode_seconds: time the model spent encoding, summed over devices: for images on
             the CPU, ``seconds`` less this is what reading, decoding and storing added.
             0 when the encoding ran elsewhere (on a Ray cluster).
+        engine: what encoded the run here: ``onnx`` (the model's exported towers),
+            ``torch:cpu``, ``torch:cuda``…; empty when nothing was encoded here. Two runs
+            summed with different engines give both, joined by ``+``.
     """
 
     scanned: int = 0
@@ -123,13 +126,16 @@ class RunSummary:
     seconds: float = 0.0
     model_seconds: float = 0.0
     encode_seconds: float = 0.0
+    engine: str = ""
 
     def __add__(self, other: RunSummary) -> RunSummary:
         """Two runs' summaries as one (counts and seconds add up, skips concatenate)."""
         out = RunSummary(skipped=[*self.skipped, *other.skipped])
         for f in fields(self):
-            if f.name != "skipped":
+            if f.name not in ("skipped", "engine"):
                 setattr(out, f.name, getattr(self, f.name) + getattr(other, f.name))
+        engines = {e for s in (self, other) for e in s.engine.split("+") if e}
+        out.engine = "+".join(sorted(engines))
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -68,6 +68,7 @@ def test_index_reports_counts_and_skips_bad_files(tmp_path, photos, encoded):
     for key in ("updated", "unchanged", "removed", "reused"):
         assert summary[key] == 0
     assert summary["model_seconds"] > 0 and summary["encode_seconds"] > 0
+    assert summary["engine"] in ("onnx", "torch:cpu")
     assert summary["model_seconds"] + summary["encode_seconds"] < summary["seconds"]
 
 
@@ -76,7 +77,8 @@ def test_plain_summary_lists_skipped_on_stderr(tmp_path, photos):
         "-q", "index", "--index", str(tmp_path / "i"), "--model", TINY, str(tmp_path / "photos")
     )
     assert out.startswith(f"scanned {GOOD_IMAGES + BAD_FILES}, added {GOOD_IMAGES}")
-    assert re.search(r" in [0-9.]+s \(model load [0-9.]+s, encoding [0-9.]+s\)$", out.strip())
+    times = r"(onnx|torch:cpu): model load [0-9.]+s, encoding [0-9.]+s"
+    assert re.search(rf" in [0-9.]+s \({times}\)$", out.strip())
     assert "skipped" in err and "empty.png: empty file" in err
 
 

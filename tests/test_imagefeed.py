@@ -196,6 +196,8 @@ class _MeanEncoder:
         x = np.concatenate([np.stack(list(batch)), np.ones((len(batch), 1), np.float32)], 1)
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
+    engine = "fake"
+
     def record(self) -> dict[str, Any]:
         return {"model": "mean", "identity": "mean", "display": "mean", "dim": 4}
 

@@ -57,6 +57,8 @@ class FakeEncoder:
     def is_truncated(self, text: str) -> bool:
         return len(text.split()) + 2 > self.context_length
 
+    engine = "fake"
+
     def record(self) -> dict[str, Any]:
         return {"model": self.identity, "identity": self.identity, "display": self.identity,
                 "dim": DIM}  # fmt: skip

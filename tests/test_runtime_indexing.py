@@ -97,18 +97,23 @@ def test_a_cpu_run_encodes_with_the_export_and_stores_torchs_embeddings(
         m.setenv(config.ENV_INDEX_RUNTIME, "torch")
         with Index.open(tmp_path / "torch", model=TINY, device="cpu") as index:
             by_torch = index.add_images([folder])
-            index.add_texts(TEXTS)
+            torch_texts = index.add_texts(TEXTS)
     with monkeypatch.context() as m:
         m.setattr(Encoder, "load", _refuse)  # torch must not even be loaded
         caplog.set_level(logging.INFO, logger="mmsearch.index.runtimes")
         with Index.open(tmp_path / "onnx", model=TINY, device="cpu") as index:
             by_onnx = index.add_images([folder])
-            index.add_texts(TEXTS)
+            onnx_texts = index.add_texts(TEXTS)
     assert "encoding the run with the exported image tower" in caplog.text
     assert "encoding the run with the exported text tower" in caplog.text
     assert (by_onnx.added, by_onnx.skipped) == (by_torch.added, by_torch.skipped)
     assert by_onnx.added == 7 and [Path(s.path).name for s in by_onnx.skipped] == ["broken.jpg"]
     assert by_onnx.model_seconds > 0 and by_onnx.encode_seconds > 0
+    # Each run's summary says what encoded it.
+    assert (by_torch.engine, torch_texts.engine) == ("torch:cpu", "torch:cpu")
+    assert (by_onnx.engine, onnx_texts.engine) == ("onnx", "onnx")
+    assert (by_onnx + by_torch).engine == "onnx+torch:cpu"
+    assert (by_onnx + onnx_texts).engine == "onnx"
     expected, got = _vectors(tmp_path / "torch"), _vectors(tmp_path / "onnx")
     assert len(expected) == 7 + len(TEXTS)
     _assert_same_stored(got, expected)
@@ -142,7 +147,7 @@ def test_a_damaged_export_falls_back_to_torch(tmp_path, folder, exported, monkey
     caplog.set_level(logging.INFO, logger="mmsearch.index.runtimes")
     with Index.open(tmp_path / "idx", model=TINY, device="cpu") as index:
         summary = index.add_images([folder])
-    assert summary.added == 7
+    assert summary.added == 7 and summary.engine == "torch:cpu"
     assert "encoding the run with torch" in caplog.text
 
 
@@ -207,7 +212,7 @@ def test_a_cli_run_with_an_export_imports_no_torch(tmp_path, folder, exported):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary, imported = proc.stdout.strip().splitlines()[-2:]
     assert json.loads(imported) == ["onnxruntime"]
-    assert json.loads(summary)["added"] == 7
+    assert json.loads(summary)["added"] == 7 and json.loads(summary)["engine"] == "onnx"
 
 
 def test_the_runtime_encodes_pixels_with_the_threads_asked_for(exported):

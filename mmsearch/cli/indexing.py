@@ -172,10 +172,12 @@ def _parse_budget(text: str | None) -> int | None:
 
 
 def _where_time_went(summary: Any) -> str:
-    """`` (model load 9.8s, encoding 22.7s)`` when a model was loaded or used."""
+    """`` (onnx: model load 1.2s, encoding 22.7s)`` when a model was loaded or used."""
     if not (summary.model_seconds or summary.encode_seconds):
         return ""
-    return f" (model load {summary.model_seconds:.1f}s, encoding {summary.encode_seconds:.1f}s)"
+    engine = f"{summary.engine}: " if summary.engine else ""
+    times = f"model load {summary.model_seconds:.1f}s, encoding {summary.encode_seconds:.1f}s"
+    return f" ({engine}{times})"
 
 
 def _print_summary(summary: Any, as_json: bool) -> None:
