@@ -154,7 +154,9 @@ def index_images(
     outcome = _Outcome()
     stored_hashes = {r.content_hash for r in records}
     if to_read and encode_jobs is not None:  # distributed: the driver hashes, Ray encodes
-        outcome.known, jobs = _plan_remote(to_read, changed, stored_hashes, budget, summary)
+        outcome.known, jobs = _plan_remote(
+            to_read, changed, stored_hashes, budget, summary, catalog.file_hash
+        )
         # encode_jobs lists the files that failed to decode in summary.skipped itself
         failed = encode_jobs(catalog, jobs, get_encoder, progress, summary) if jobs else []
     else:
@@ -186,14 +188,15 @@ def _plan_remote(
     stored_hashes: set[str],
     budget: ThreadBudget,
     summary: RunSummary,
+    file_hash: str,
 ) -> tuple[dict[str, str], list[_Job]]:
-    """For a distributed run: hash every file here (the catalog decides what is new), and
-    split them into content already stored (path -> hash) and jobs for the workers.
-    Unreadable files go to ``summary.skipped``."""
+    """For a distributed run: hash every file here (with the catalog's ``file_hash``: the
+    catalog decides what is new), and split them into content already stored (path ->
+    hash) and jobs for the workers. Unreadable files go to ``summary.skipped``."""
 
     def one(entry: FileEntry) -> tuple[FileEntry, str | None, str | None]:
         try:
-            return entry, content_hash(entry.path), None
+            return entry, content_hash(entry.path, algorithm=file_hash), None
         except InputError as exc:
             return entry, None, exc.reason
 
@@ -586,9 +589,10 @@ class _Run:
         refused it, an interrupt)."""
         self.get_encoder = get_encoder
         outcome = _Outcome()
+        file_hash = self.catalog.file_hash  # stored digests are compared with these
         self.decoders = DecodingThreads(
             list(enumerate(e.path for e in self.entries)),
-            lambda i, path: read_item(i, path, self.stored_hashes, self._prepare),
+            lambda i, path: read_item(i, path, self.stored_hashes, self._prepare, file_hash),
             self.to_encode,
             self.results.put,
             self.budget.decoders,
@@ -683,7 +687,7 @@ class _Run:
             if job.old is not None:
                 replaced.append(job.old.id)
         if rows:
-            self.catalog.apply(add=rows, remove=replaced)
+            self.catalog.apply(add=rows, remove=replaced, new_ids=False)
         summary.updated += len(replaced)
         summary.added += len(rows) - len(replaced)
 

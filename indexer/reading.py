@@ -57,6 +57,7 @@ def read_item(
     path: str,
     known: Container[str],
     prepare: Callable[[str, FileBytes], PreparedImage],
+    file_hash: str = "blake3",
 ) -> ReadItem:
     """Read ``path`` once, hash it, and unless its hash is in ``known`` decode and prepare
     it from the same bytes. Failures come back in the item, never raised (an exception
@@ -64,7 +65,7 @@ def read_item(
     odd image — becomes a "transform failed" reason; ``prepare`` loading the model may
     raise anything, and that propagates)."""
     try:
-        data = media.read_file(path)
+        data = media.read_file(path, algorithm=file_hash)
     except InputError as exc:
         if exc.reason == media.NOT_REGULAR:  # a decoding failure, as load_image reports it
             return ReadItem(index, path, "", error=exc)

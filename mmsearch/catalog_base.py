@@ -22,6 +22,12 @@ import numpy as np
 from .config import IndexSettings
 from .errors import IndexCorruptError, StorageError
 
+FILE_HASH = "blake3"
+"""How a new catalog hashes image files (its ``file_hash`` meta entry; see
+``mmsearch.media.FILE_HASHES``)."""
+LEGACY_FILE_HASH = "blake2b"
+"""How a catalog without that entry (made before it) hashes them."""
+
 #: Stored paths that are not valid UTF-8 start with this (an absolute path never does).
 BYTES_PREFIX = "fsbytes:"
 

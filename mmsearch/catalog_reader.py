@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .catalog_base import (
+    LEGACY_FILE_HASH,
     ItemRecord,
     SkipRecord,
     decode_path,
@@ -149,6 +150,11 @@ class CatalogReader:
     @property
     def schema_version(self) -> int:
         return int(self.get_meta("schema_version") or 0)
+
+    @property
+    def file_hash(self) -> str:
+        """As :attr:`mmsearch.catalog.Catalog.file_hash`."""
+        return self.get_meta("file_hash") or LEGACY_FILE_HASH
 
     def model_info(self) -> dict[str, Any] | None:
         """The model the index was built with: model, pretrained, identity, display, dim."""

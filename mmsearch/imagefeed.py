@@ -270,9 +270,14 @@ def _numpy_tail(preprocess: Any) -> tuple[list[Any], np.ndarray, np.ndarray] | N
 
 
 def _complete_jpeg(data: bytearray) -> bool:
-    """Whether the bytes end with a JPEG end marker: a truncated file goes to Pillow,
-    which refuses it, where a device decoder might fill in the rest."""
-    return data.rstrip(b"\0")[-2:] == _JPEG_END
+    """Whether the bytes end with a JPEG end marker (NUL padding after it allowed): a
+    truncated file goes to Pillow, which refuses it, where a device decoder might fill in
+    the rest. Looks at the last 4 KB (stripping the whole file copied it: 54 µs for 2 MP),
+    at all of it only when those are all NULs."""
+    tail = data[-4096:].rstrip(b"\0")
+    if not tail and len(data) > 4096:
+        tail = data.rstrip(b"\0")
+    return tail[-2:] == _JPEG_END
 
 
 def _reproducible(cfg: dict[str, Any]) -> bool:

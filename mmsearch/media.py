@@ -246,12 +246,21 @@ READ_LIMIT = 256 << 20
 rather than held in memory whole: a 600 MB 16-bit TIFF times the decoding threads."""
 
 
-def read_file(path: str | os.PathLike, limit: int = READ_LIMIT) -> FileBytes:
+FILE_HASHES = ("blake3", "blake2b")
+"""How file content is hashed: BLAKE3 in catalogs made since it was added (3.7 GB/s on one
+core here, against BLAKE2b's 0.5–0.8: 1 ms instead of 7 for a 12 MP JPEG), BLAKE2b in
+those made before (``Catalog.file_hash`` says which). Both as 16 bytes, 32 hex digits."""
+
+
+def read_file(
+    path: str | os.PathLike, limit: int = READ_LIMIT, algorithm: str = "blake3"
+) -> FileBytes:
     """Read a file once and hash its bytes (the same digest as :func:`content_hash`).
 
     Args:
         path: The file.
         limit: Larger files are hashed in chunks and not kept (``data`` is None).
+        algorithm: One of :data:`FILE_HASHES` (the catalog's ``file_hash``).
 
     Returns:
         The bytes and their digest.
@@ -267,7 +276,7 @@ def read_file(path: str | os.PathLike, limit: int = READ_LIMIT) -> FileBytes:
             if not stat.S_ISREG(st.st_mode):  # checked before reading: a FIFO would block
                 raise InputError(path, NOT_REGULAR)
             if st.st_size > limit:
-                return FileBytes(path, content_hash(path), None)
+                return FileBytes(path, content_hash(path, algorithm=algorithm), None)
             data = bytearray(st.st_size)
             got = f.readinto(data)
             if got != st.st_size or f.read(1):  # changed while read: take what is there now
@@ -275,12 +284,39 @@ def read_file(path: str | os.PathLike, limit: int = READ_LIMIT) -> FileBytes:
                 data = bytearray(f.read())
     except OSError as exc:
         raise InputError(path, os_reason(exc)) from exc
-    return FileBytes(path, hash_bytes(data), data)
+    return FileBytes(path, hash_bytes(data, algorithm), data)
 
 
-def hash_bytes(data: bytes | bytearray | memoryview) -> str:
+def hash_bytes(data: bytes | bytearray | memoryview, algorithm: str = "blake3") -> str:
     """The content hash of bytes in memory (what :func:`content_hash` gives for a file)."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    hasher = _hasher(algorithm)
+    hasher.update(data)
+    return hasher.hexdigest()
+
+
+def _hasher(algorithm: str) -> Any:
+    """A new hash object of ``algorithm`` (16-byte digests; both release the GIL while
+    they hash a large buffer)."""
+    if algorithm == "blake3":
+        return _Blake3()
+    if algorithm == "blake2b":
+        return hashlib.blake2b(digest_size=16)
+    raise InvalidValueError(f"unknown file hash {algorithm!r}: one of {FILE_HASHES}")
+
+
+class _Blake3:
+    """BLAKE3 with a 16-byte hex digest (its own default is 32)."""
+
+    def __init__(self) -> None:
+        from blake3 import blake3
+
+        self._hash = blake3()
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._hash.update(data)
+
+    def hexdigest(self) -> str:
+        return str(self._hash.hexdigest(length=16))
 
 
 @dataclass
@@ -308,7 +344,7 @@ def probe_image(
     if not data.data:
         raise InputError(path, "empty file")
     _ensure_plugins()
-    with _open(path, io.BytesIO(data.data)) as img:
+    with _open_header(path, data.data) as img:
         width, height = img.size
         if width * height > max_pixels:
             raise InputError(
@@ -490,12 +526,15 @@ def draft_size(image_size: int) -> int:
     return 2 * image_size
 
 
-def content_hash(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hash a file's bytes (BLAKE2b, 16-byte digest), reading it in chunks.
+def content_hash(
+    path: str | os.PathLike, chunk_size: int = 1 << 20, algorithm: str = "blake3"
+) -> str:
+    """Hash a file's bytes (16-byte digest), reading it in chunks.
 
     Args:
         path: The file.
         chunk_size: Bytes read at a time.
+        algorithm: One of :data:`FILE_HASHES` (the catalog's ``file_hash``).
 
     Returns:
         The digest as 32 lower-case hex characters.
@@ -503,7 +542,7 @@ def content_hash(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     Raises:
         InputError: The file cannot be read.
     """
-    digest = hashlib.blake2b(digest_size=16)  # the same digest as hash_bytes
+    digest = _hasher(algorithm)  # the same digest as hash_bytes
     try:
         with open(path, "rb") as f:
             while chunk := f.read(chunk_size):
@@ -537,8 +576,44 @@ def _check_file(path: str) -> int:
     return st.st_size
 
 
+_MAGIC_FORMATS = ((b"\xff\xd8\xff", ["JPEG"]), (b"\x89PNG\r\n\x1a\n", ["PNG"]))
+
+HEADER_PREFIX = 256 << 10
+"""Bytes of a JPEG that :func:`probe_image` reads its header from first (the whole file
+when the header does not end in them)."""
+
+
+def _open_header(path: str, data: bytearray) -> Image.Image:
+    """The image of ``data`` opened for its header. A JPEG's header (EXIF, ICC, XMP, the
+    frame) comes before its pixels: it is read from the first ``HEADER_PREFIX`` bytes
+    rather than a copy of the whole file (``BytesIO`` copies a bytearray: 66 µs for 2 MP,
+    more than the header takes to read). A header that does not end in them (or that
+    fails there) is read from the whole file, as for any other format."""
+    if len(data) > HEADER_PREFIX and data.startswith(_MAGIC_FORMATS[0][0]):
+        head = io.BytesIO(bytes(memoryview(data)[:HEADER_PREFIX]))
+        try:
+            return Image.open(head, formats=["JPEG"])
+        except Exception:  # noqa: BLE001 - read from the whole file below, errors and all
+            pass
+    return _open(path, io.BytesIO(data))
+
+
 def _open(path: str, fp: Any) -> Image.Image:
-    """Identify the format and read the header."""
+    """Identify the format and read the header. Bytes that begin as a JPEG or PNG does
+    are opened as that format first: Pillow tries the formats in its own order, and for a
+    JPEG three other openers ran before its own (80 µs of a file's 250 µs header read,
+    holding the GIL). Should that fail, every format is tried as before, so what is
+    refused is refused with the same reason."""
+    head = fp.read(8)
+    fp.seek(0)
+    hint = next((formats for magic, formats in _MAGIC_FORMATS if head.startswith(magic)), None)
+    if hint is not None:
+        try:
+            return Image.open(fp, formats=hint)
+        except Image.DecompressionBombError as exc:
+            raise InputError(path, _bomb_reason(exc)) from exc
+        except Exception:  # noqa: BLE001 - every format below, with the usual errors
+            fp.seek(0)
     try:
         return Image.open(fp)
     except UnidentifiedImageError as exc:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import GOOD_IMAGES, TINY, noise_image
 from PIL import Image
+from sqlalchemy import text as sql_text
 
 import mmsearch
 from mmsearch.ann import policy as index_policy
@@ -43,14 +44,20 @@ def test_search_every_direction(tmp_path, photos):
             index.search("cat", target="video")
 
 
-def test_path_query_needs_no_model(tmp_path, photos, monkeypatch):
+@pytest.mark.parametrize("legacy", [False, True])  # a catalog made before file_hash
+def test_path_query_needs_no_model(tmp_path, photos, monkeypatch, legacy):
     with mmsearch.Index.open(tmp_path / "idx", model=TINY) as index:
+        if legacy:
+            with index.catalog.session() as s, s.begin():
+                s.execute(sql_text("DELETE FROM meta WHERE key = 'file_hash'"))
         index.add_images([tmp_path / "photos"])
+        assert index.catalog.file_hash == ("blake2b" if legacy else "blake3")
 
     def no_load(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(Encoder, "load", no_load)
+    monkeypatch.setattr(mmsearch.Index, "query_encoder", no_load)  # nor its export
     with mmsearch.Index.open(tmp_path / "idx") as index:
         hits = index.search(Path(photos["a.jpg"]), k=2)
     assert len(hits) == 2

@@ -240,6 +240,46 @@ def test_apply_mixed_batch_bumps_each_touched_modality_once(catalog: Catalog) ->
     assert catalog.records([img])[img].width == 10
 
 
+def test_a_batch_of_rows_with_different_columns_gets_its_ids_in_order(catalog: Catalog) -> None:
+    """One add of images (with and without a date, an undecodable name) and texts: each
+    row's id is the one returned at its place, each row stored with its own columns."""
+    vecs = unit_vectors(6)
+    rows = [
+        image_row(0, vecs[0], taken_at=1.5e9),
+        text_row(1, vecs[1]),
+        image_row(2, vecs[2], path="/photos/caf\udce9.jpg"),
+        text_row(3, vecs[3]),
+        image_row(4, vecs[4], taken_at=1.6e9),
+        image_row(5, vecs[5]),
+    ]
+    ids = catalog.add(rows)
+    assert ids == sorted(ids) and len(set(ids)) == 6
+    records = catalog.records(ids)
+    for item_id, row in zip(ids, rows, strict=True):
+        record = records[item_id]
+        assert record.content_hash == row["content_hash"]
+        assert (record.path, record.text) == (row.get("path"), row.get("text"))
+        assert record.taken_at == row.get("taken_at")
+        assert record.width == row.get("width")
+    found, stored = catalog.embeddings(ids, DIM)
+    assert found == ids and np.abs(stored - vecs).max() < 1e-3
+
+
+def test_a_new_catalog_hashes_files_with_blake3_an_older_one_as_before(db_path: Path) -> None:
+    from mmsearch.catalog_reader import CatalogReader
+
+    with Catalog(db_path) as cat:
+        assert cat.file_hash == "blake3"
+    with CatalogReader.open(db_path) as reader:
+        assert reader is not None and reader.file_hash == "blake3"
+    with sqlite3.connect(db_path) as con:  # as a version before the entry made it
+        con.execute("DELETE FROM meta WHERE key = 'file_hash'")
+    with Catalog(db_path) as cat:  # opening does not change how it hashes
+        assert cat.file_hash == "blake2b"
+    with CatalogReader.open(db_path) as reader:
+        assert reader is not None and reader.file_hash == "blake2b"
+
+
 def test_ids_never_reused_after_delete(db_path: Path) -> None:
     vecs = unit_vectors(5)
     with Catalog(db_path) as cat:

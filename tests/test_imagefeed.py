@@ -122,6 +122,19 @@ def test_device_path_leaves_other_files_to_pillow_and_keeps_its_verdicts(tiny, t
         assert result.failed == {} and len(result.vectors) == 3
 
 
+@pytest.mark.parametrize("padding", [0, 100, 5000])  # NULs after the file (some cameras)
+def test_only_a_jpeg_with_its_end_marker_goes_to_the_device_decoder(tiny, tmp_path, jpegs, padding):
+    feed = TorchFeed(tiny, gpu_jpeg=True)
+    data = jpegs[2].read_bytes()
+    (tmp_path / "whole.jpg").write_bytes(data + bytes(padding))
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2] + bytes(padding))
+    (whole,) = _prepare(feed, [tmp_path / "whole.jpg"])
+    assert isinstance(whole.payload, JpegBytes)
+    with pytest.raises(InputError) as device_error:  # Pillow's path, and its verdict
+        feed.prepare(str(tmp_path / "cut.jpg"), read_file(tmp_path / "cut.jpg"))
+    assert device_error.value.reason.startswith("corrupt or truncated image")
+
+
 def test_index_through_the_device_path_on_two_lanes_indexes_the_same(
     tiny, jpegs, tmp_path, monkeypatch
 ):

@@ -309,3 +309,99 @@ def test_load_many_early_close_stops_work_and_pool(tmp_path: Path) -> None:
 def test_load_many_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError):
         list(load_many(["a.png"], prefetch=0))
+
+
+# -- headers without decoding (probe_image: the GPU path) --------------------------------
+
+
+def _dated_rotated_jpeg(path: Path, size: int, icc: bytes | None = None) -> Path:
+    """A noisy ``size``² JPEG with EXIF orientation 6, a capture date and maybe an ICC
+    profile (which can push the end of the header far into the file)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif.get_ifd(0x8769)[0x9003] = "2021:06:05 04:03:02"
+    img = Image.effect_noise((size, size + 8), 64).convert("RGB")
+    params = {"icc_profile": icc} if icc else {}
+    return save(img, path, exif=exif.tobytes(), quality=95, **params)
+
+
+def _probe(path: Path) -> load_module.ImageHeader:
+    return load_module.probe_image(path, load_module.read_file(path))
+
+
+@pytest.mark.parametrize("icc", [None, bytes(range(256)) * 1400])  # a 350 KB ICC profile
+def test_probe_reads_a_jpeg_header_from_its_first_bytes_and_long_ones_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, icc: bytes | None
+) -> None:
+    path = _dated_rotated_jpeg(tmp_path / "a.jpg", 700, icc)
+    prefix, size = load_module.HEADER_PREFIX, path.stat().st_size
+    assert size > prefix  # the prefix is a real part of the file
+    copied: list[int] = []
+    real = load_module.io.BytesIO
+
+    def spy(data: bytes = b"") -> object:
+        if len(data) > 4096:  # Pillow reads its EXIF blocks through BytesIO too
+            copied.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(load_module.io, "BytesIO", spy)
+    header = _probe(path)
+    monkeypatch.setattr(load_module, "HEADER_PREFIX", 1 << 30)  # the whole file, as before
+    assert _probe(path) == header
+    assert (header.format, header.mode, header.width, header.height) == ("JPEG", "RGB", 708, 700)
+    assert header.orientation == 6 and header.taken is not None
+    if icc is None:  # the header was read from the first bytes alone (then whole, as before)
+        assert copied == [prefix, size]
+    else:  # the frame comes after the profile: read again from the whole file
+        assert copied == [prefix, size, size]
+
+
+def test_bytes_that_begin_as_a_jpeg_but_are_not_are_refused_as_before(tmp_path: Path) -> None:
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"\xff\xd8\xff" + b"not a picture at all" * 20)
+    assert reason_of(path) == "not an image (cannot identify format)"
+    with pytest.raises(InputError) as info:
+        _probe(path)
+    assert info.value.reason == "not an image (cannot identify format)"
+
+
+def test_a_png_named_jpg_is_read_as_the_png_it_is(tmp_path: Path) -> None:
+    path = save(Image.new("RGB", (6, 4), RED), tmp_path / "a.jpg", format="PNG")
+    loaded = load_image(path)
+    assert (loaded.width, loaded.height) == (6, 4) and close_to(loaded.image.getpixel((1, 1)), RED)
+    assert _probe(path).format == "PNG"
+
+
+# -- content hashes -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", load_module.FILE_HASHES)
+def test_a_files_digest_is_the_same_whole_chunked_and_in_memory(
+    tmp_path: Path, algorithm: str
+) -> None:
+    import hashlib
+
+    import blake3
+
+    data = os.urandom(300_000)
+    path = tmp_path / "a.bin"
+    path.write_bytes(data)
+    expected = (
+        blake3.blake3(data).hexdigest(length=16)
+        if algorithm == "blake3"
+        else hashlib.blake2b(data, digest_size=16).hexdigest()
+    )
+    assert load_module.hash_bytes(data, algorithm) == expected
+    assert load_module.content_hash(path, chunk_size=4096, algorithm=algorithm) == expected
+    whole = load_module.read_file(path, algorithm=algorithm)
+    assert whole.digest == expected and whole.data == data
+    chunked = load_module.read_file(path, limit=1000, algorithm=algorithm)  # over the limit
+    assert chunked.digest == expected and chunked.data is None
+
+
+def test_the_two_hashes_differ_and_an_unknown_one_is_refused() -> None:
+    from mmsearch.errors import InvalidValueError
+
+    assert load_module.hash_bytes(b"x", "blake3") != load_module.hash_bytes(b"x", "blake2b")
+    with pytest.raises(InvalidValueError):
+        load_module.hash_bytes(b"x", "md5")

@@ -19,6 +19,7 @@ from indexer.pipeline import index_images
 from indexer.reembed import reembed
 from indexer.texts import TextRecord, index_texts
 from mmsearch.errors import ModelError, ModelMismatchError
+from mmsearch.media import content_hash
 
 DIM = 8
 
@@ -102,9 +103,25 @@ def test_unchanged_run_loads_no_encoder(catalog, folder):
     assert (summary.unchanged, summary.added, loads) == (5, 0, 0)
 
 
-def test_rename_and_duplicate_reuse_stored_embeddings(catalog, folder):
+def _make_legacy(catalog) -> None:  # type: ignore[no-untyped-def]
+    """The catalog as a version before ``file_hash`` made it (no such entry)."""
+    from mmsearch.catalog import Meta
+
+    with catalog.session() as s, s.begin():
+        s.delete(s.get(Meta, "file_hash"))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_rename_and_duplicate_reuse_stored_embeddings(catalog, folder, legacy):
+    """In a new catalog (BLAKE3 digests) and in one made before it (BLAKE2b): the digests
+    of the files read now are those of the catalog, or nothing would be found again."""
+    if legacy:
+        _make_legacy(catalog)
+    assert catalog.file_hash == ("blake2b" if legacy else "blake3")
     _run(catalog, folder, FakeEncoder())
     before = {r.content_hash: r.id for r in catalog.image_files()}
+    digest = content_hash(folder / "0.png", algorithm=catalog.file_hash)
+    assert digest in before and len(digest) == 32
     os.rename(folder / "0.png", folder / "renamed.png")
     shutil.copy(folder / "1.png", folder / "copy.png")
     enc = FakeEncoder()

@@ -245,7 +245,7 @@ def image_vectors(
     hashes: dict[str, str] = {}
     for path in paths:
         try:
-            hashes[path] = content_hash(path)
+            hashes[path] = content_hash(path, algorithm=catalog.file_hash)
         except InputError as exc:
             skipped.append((path, exc.reason))
     stored = catalog.embeddings_by_hash("image", hashes.values())

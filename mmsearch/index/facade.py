@@ -715,7 +715,7 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
         """
         path = Path(os.path.abspath(path.expanduser()))
         try:
-            digest = content_hash(path)
+            digest = content_hash(path, algorithm=self._reads.file_hash)
         except InputError as exc:
             raise QueryError(f"cannot read query image {path}: {exc.reason}") from exc
         record = self._reads.find_path(str(path))
