@@ -43,6 +43,8 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 #: Pillow modes the device decoder turns into RGB like Pillow does (CMYK, YCCK are not).
 _DEVICE_MODES = frozenset({"RGB", "L"})
 _JPEG_END = b"\xff\xd9"
+GROUP_PIXELS = 32 << 20
+"""The most pixels resized as one tensor (float32: 384 MB): 17 pictures of 2 MP, 2 of 12."""
 
 
 @dataclass
@@ -164,13 +166,24 @@ class TorchFeed:
         failed: dict[int, InputError] = {}
         jpegs = [i for i, p in enumerate(batch) if isinstance(p.payload, JpegBytes)]
         decoded = self._decode([batch[i].payload for i in jpegs], device)
+        # Pictures of one size and orientation (a camera's) are resized as one tensor: a
+        # few kernels a group rather than a few an image, each launched from Python.
+        groups: dict[tuple[tuple[int, ...], int], list[tuple[int, torch.Tensor]]] = {}
         for i, out in zip(jpegs, decoded, strict=True):
             if isinstance(out, InputError):
                 failed[i] = out
             elif out.dim() == 3 and out.shape[0] == 3 and out.dtype == torch.uint8:
-                inputs[i] = self.to_input(out, batch[i].payload.orientation, lane)
+                key = (tuple(out.shape), batch[i].payload.orientation)
+                groups.setdefault(key, []).append((i, out))
             else:  # already preprocessed by Pillow (the device decoder refused the file)
                 inputs[i] = out.to(device)
+        for (shape, orientation), members in groups.items():
+            step = max(1, GROUP_PIXELS // (shape[1] * shape[2]))  # its float copy's memory
+            for start in range(0, len(members), step):
+                chunk = members[start : start + step]
+                x = self.to_inputs(torch.stack([out for _, out in chunk]), orientation, lane)
+                for (i, _), row in zip(chunk, x, strict=True):
+                    inputs[i] = row
         for i, p in enumerate(batch):
             if i not in jpegs:
                 inputs[i] = p.payload.to(device, non_blocking=True)
@@ -199,21 +212,26 @@ class TorchFeed:
         return out
 
     def to_input(self, image: torch.Tensor, orientation: int, lane: int = 0) -> torch.Tensor:
-        """A decoded (3, H, W) uint8 image as the model's input, on its device: upright,
-        the short side resized to the input size (antialiased, rounded to 8 bits like
-        Pillow's resize), centre-cropped square and normalised — open_clip's
-        ``Resize(size) → CenterCrop(size) → ToTensor → Normalize``."""
-        image = upright(image, orientation)
-        h, w = image.shape[-2:]
+        """A decoded (3, H, W) uint8 image as the model's input (see :meth:`to_inputs`)."""
+        return self.to_inputs(image.unsqueeze(0), orientation, lane)[0]
+
+    def to_inputs(self, images: torch.Tensor, orientation: int, lane: int = 0) -> torch.Tensor:
+        """Decoded (N, 3, H, W) uint8 images of one size and orientation as the model's
+        inputs, on its device: upright, the short side resized to the input size
+        (antialiased, rounded to 8 bits like Pillow's resize), centre-cropped square and
+        normalised — open_clip's ``Resize(size) → CenterCrop(size) → ToTensor →
+        Normalize``, each image on its own as that does."""
+        images = upright(images, orientation)
+        h, w = images.shape[-2:]
         s = self.size
         # torchvision's Resize(int): the short side becomes s, the long one is truncated.
         nh, nw = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
-        x = image.unsqueeze(0).float()
+        x = images.float()
         if (nh, nw) != (h, w):
             x = F.interpolate(x, size=(nh, nw), mode=self.mode, antialias=True)
             x = x.clamp_(0, 255).round_()
         top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
-        x = x[0, :, top : top + s, left : left + s] / 255.0
+        x = x[:, :, top : top + s, left : left + s] / 255.0
         return (x - self.mean[lane]) / self.std[lane]
 
     # -- threads --------------------------------------------------------------------------
@@ -281,7 +299,7 @@ def _complete_jpeg(data: bytearray) -> bool:
 
 
 def _reproducible(cfg: dict[str, Any]) -> bool:
-    """Whether :meth:`TorchFeed.to_input` reproduces this preprocessing."""
+    """Whether :meth:`TorchFeed.to_inputs` reproduces this preprocessing."""
     return (
         cfg.get("resize_mode", "shortest") == "shortest"
         and cfg.get("interpolation", "bicubic") in ("bicubic", "bilinear")

@@ -201,7 +201,11 @@ def test_query_dedupe_folds_copies(dup_set):
             if d in by_id:
                 pair = tuple(sorted((h["path"], by_id[d])))
                 assert pair in truth
-    assert hits[0]["score"] == plain["hits"][0]["score"]  # the best hit is kept
+    # The best hit is kept. Each query is its own process: the text tower's threads follow
+    # the free cores, and another thread count sums in another order (seen: 4.5e-8 apart
+    # under load).
+    assert hits[0]["id"] == plain["hits"][0]["id"]
+    assert hits[0]["score"] == pytest.approx(plain["hits"][0]["score"], abs=1e-6)
 
 
 def test_python_api_duplicates(dup_set):

@@ -140,7 +140,7 @@ def test_without_the_extra_heic_and_raw_files_are_skipped_naming_it(tmp_path, ca
     hashed: list[str] = []
     real_read = media.read_file
     monkeypatch.setattr(
-        media, "read_file", lambda p, *a: hashed.append(Path(p).name) or real_read(p, *a)
+        media, "read_file", lambda p, *a, **k: hashed.append(Path(p).name) or real_read(p, *a, **k)
     )
     for _ in range(2):  # not remembered: installing the extra is enough to index them
         summary = index_images(catalog, [root], lambda: FakeEncoder())

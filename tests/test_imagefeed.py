@@ -122,6 +122,30 @@ def test_device_path_leaves_other_files_to_pillow_and_keeps_its_verdicts(tiny, t
         assert result.failed == {} and len(result.vectors) == 3
 
 
+def test_pictures_of_one_size_are_resized_together_as_each_alone(tiny, tmp_path, monkeypatch):
+    """Same-size pictures (and orientation) go through the resize as one tensor, in chunks
+    of at most GROUP_PIXELS: each comes out as it does on its own."""
+    import mmsearch.imagefeed as imagefeed
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    paths = []
+    for i in range(7):  # 5 upright and 2 turned of one size, one of another
+        paths.append(tmp_path / f"{i}.jpg")
+        photo(i, (160, 120)).save(paths[-1], quality=90, exif=exif.tobytes() if i >= 5 else b"")
+    paths.append(tmp_path / "other.jpg")
+    photo(9, (90, 120)).save(paths[-1], quality=90)
+    monkeypatch.setattr(imagefeed, "GROUP_PIXELS", 2 * 160 * 120)  # chunks of two
+    feed = TorchFeed(tiny, gpu_jpeg=True)
+    prepared = _prepare(feed, paths)
+    together, failed = feed.model_inputs(prepared)
+    alone = [feed.model_inputs([p])[0][0] for p in prepared]
+    assert failed == {} and all(x is not None for x in together)
+    for a, b in zip(together, alone, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert together[5].shape == together[7].shape == (3, feed.size, feed.size)
+
+
 @pytest.mark.parametrize("padding", [0, 100, 5000])  # NULs after the file (some cameras)
 def test_only_a_jpeg_with_its_end_marker_goes_to_the_device_decoder(tiny, tmp_path, jpegs, padding):
     feed = TorchFeed(tiny, gpu_jpeg=True)
