@@ -38,6 +38,9 @@ the run, and ``uptime``'s load is recorded beside each):
   long corpus approaches on a GPU). Cases: warm page cache, cold page cache
   (``posix_fadvise(DONTNEED)`` on every file first, or ``drop_caches`` when writable), the
   ``overlap`` schedule, 2 MP.
+* ``cpu_side`` (``--cpu-side N``): ``bench/cpu_side.py`` on N files of the 2 MP corpus —
+  the pipeline with the GPU path's ``prepare`` and an encoder that costs nothing: the rate
+  the CPU side of a GPU run can feed, and its CPU time per file.
 * ``ratio_adjacent_*``: each end-to-end run against the model-only rate measured right
   beside it (a ``--slice-images`` slice just before and just after it, averaged): the
   machine's speed drifts within a run, and a ratio of time-adjacent rates drifts less.
@@ -453,6 +456,11 @@ def run(args: argparse.Namespace, save: Any = lambda results: None) -> dict[str,
         results["decode_2mp"] = decode_costs(feed, small, min(args.n2mp, 24))
     if on_gpu or args.agreement:
         results["agreement_device_vs_pillow"] = agreement(torch_feed, small or big, 16)
+    if args.cpu_side:  # what the CPU side of a GPU run can feed (bench/cpu_side.py)
+        from cpu_side import measure
+
+        folder = small or big
+        results["cpu_side"] = measure(folder, min(args.cpu_side, len(list(folder.glob("*.jpg")))))
     save(results)
     e2e: dict[str, Any] = {}
     # A model-only slice right before each end-to-end run and one after the last: each run
@@ -550,6 +558,9 @@ def main() -> None:
         "--compare", type=int, help="index N files on the CPU and on --device, compare (GPU: 256)"
     )
     parser.add_argument("--jobs", type=int, help="processes making the corpus (default: cores)")
+    parser.add_argument(
+        "--cpu-side", type=int, default=4096, help="files for bench/cpu_side.py (0: not run)"
+    )
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ibench")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()

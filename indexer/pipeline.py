@@ -42,6 +42,7 @@ from indexer.reading import (
 )
 from indexer.scan import FileEntry, KnownFile, plan_changes, plan_remembered, scan
 from mmsearch.catalog import Catalog, ItemRecord, SkipRecord
+from mmsearch.catalog_base import to_blobs
 from mmsearch.config import cpu_cores
 from mmsearch.errors import InputError
 from mmsearch.media import (
@@ -665,7 +666,8 @@ class _Run:
 
     def _commit(self, batch: _Encoded, outcome: _Outcome, summary: RunSummary) -> None:
         rows, replaced = [], []
-        vectors = iter(batch.result.vectors)
+        # As stored (float16), the batch at once: per row it was 4-36 µs of this thread.
+        vectors = iter(to_blobs(batch.result.vectors))
         for pos, item in enumerate(batch.items):
             job = self._job(item.index)
             error = batch.result.failed.get(pos)

@@ -64,6 +64,12 @@ def to_blob(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype="<f2").tobytes()
 
 
+def to_blobs(vectors: np.ndarray) -> list[bytes]:
+    """Rows of a float matrix as the catalog stores them (:func:`to_blob` of each)."""
+    rows = np.asarray(vectors, dtype="<f2")
+    return [row.tobytes() for row in rows]
+
+
 def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
     """Stored float16 blobs back to a (N, dim) float32 matrix."""
     if not blobs:

@@ -435,3 +435,11 @@ def test_records_many_ids_across_chunks(catalog: Catalog) -> None:
     found, stored = catalog.embeddings(ids[::-1], DIM)
     assert found == ids[::-1]
     assert stored.shape == (1200, DIM)
+
+
+def test_a_batch_of_vectors_is_stored_as_each_one_is() -> None:
+    from mmsearch.catalog_base import to_blob, to_blobs
+
+    vecs = unit_vectors(5)
+    assert to_blobs(vecs) == [to_blob(v) for v in vecs]
+    assert all(len(b) == 2 * DIM for b in to_blobs(vecs))  # float16
