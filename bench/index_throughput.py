@@ -37,7 +37,7 @@ the run, and ``uptime``'s load is recorded beside each):
   warm-up run); ``images_per_s_after_model_load`` leaves the model's loading out (what a
   long corpus approaches on a GPU). Cases: warm page cache, cold page cache
   (``posix_fadvise(DONTNEED)`` on every file first, or ``drop_caches`` when writable), the
-  ``overlap`` schedule, 2 MP.
+  ``overlap`` schedule, 2 MP (on a GPU also with ``MMSEARCH_GPU_LANES=2``).
 * ``cpu_side`` (``--cpu-side N``): ``bench/cpu_side.py`` on N files of the 2 MP corpus —
   the pipeline with the GPU path's ``prepare`` and an encoder that costs nothing: the rate
   the CPU side of a GPU run can feed, and its CPU time per file.
@@ -475,6 +475,8 @@ def run(args: argparse.Namespace, save: Any = lambda results: None) -> dict[str,
     ]
     if small is not None:  # on a GPU the 2 MP rate is the one asked for: measured first
         runs.insert(0 if on_gpu else len(runs), ("2mp_warm", small, {}, False))
+    if small is not None and on_gpu:  # two encoder threads per GPU, for comparison
+        runs.insert(1, ("2mp_warm_2lanes", small, {"MMSEARCH_GPU_LANES": "2"}, False))
     for i, (name, folder, env, cold) in enumerate(runs):
         print(f"end to end: {name}…", file=sys.stderr)
         how = drop_cache(folder) if cold else "warm (read once before)"

@@ -37,6 +37,8 @@ ENV_DECODE_SCHEDULE = "MMSEARCH_DECODE_SCHEDULE"
 #: Environment variable choosing the precision of image encoding on CUDA: ``float16``
 #: (default), ``bfloat16`` or ``float32``.
 ENV_ENCODE_DTYPE = "MMSEARCH_ENCODE_DTYPE"
+#: Environment variable: encoder threads (lanes) per GPU in an indexing run (default 1).
+ENV_GPU_LANES = "MMSEARCH_GPU_LANES"
 
 #: File names inside an index directory.
 CATALOG_FILE = "catalog.sqlite"

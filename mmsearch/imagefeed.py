@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from . import media
-from .config import ENV_ENCODE_DTYPE
+from .config import ENV_ENCODE_DTYPE, ENV_GPU_LANES
 from .errors import InputError, InvalidValueError
 from .media import EncodedImages, FileBytes, PreparedImage
 
@@ -86,7 +86,11 @@ class TorchFeed:
         self.devices = [torch.device(d) for d in devices] if devices else _devices(encoder.device)
         self.on_cpu = all(d.type == "cpu" for d in self.devices)
         self.lanes = len(self.devices)
-        self.models = [_on(encoder.model, encoder.device, d) for d in self.devices]
+        copies: dict[str, torch.nn.Module] = {}  # one model per device, whatever its lanes
+        for d in self.devices:
+            if str(d) not in copies:
+                copies[str(d)] = _on(encoder.model, encoder.device, d)
+        self.models = [copies[str(d)] for d in self.devices]
         cfg = encoder.preprocess_cfg()
         self.gpu_jpeg = (not self.on_cpu) if gpu_jpeg is None else gpu_jpeg
         if self.gpu_jpeg and not _reproducible(cfg):
@@ -309,10 +313,22 @@ def _reproducible(cfg: dict[str, Any]) -> bool:
 
 
 def _devices(device: torch.device) -> list[torch.device]:
-    """Every GPU for a plain ``cuda`` device, else the device itself."""
+    """Every GPU for a plain ``cuda`` device, else the device itself: a lane (encoder
+    thread) each, ``$MMSEARCH_GPU_LANES`` lanes per GPU (with two, one thread launches a
+    batch's kernels from Python while the other waits for its results).
+
+    Raises:
+        InvalidValueError: ``$MMSEARCH_GPU_LANES`` is not a whole number from 1 to 8.
+    """
+    devices = [device]
     if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
-        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
-    return [device]
+        devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    if device.type != "cuda":
+        return devices
+    raw = os.environ.get(ENV_GPU_LANES) or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= 8:
+        raise InvalidValueError(f"${ENV_GPU_LANES} must be a whole number from 1 to 8, not {raw!r}")
+    return [d for d in devices for _ in range(int(raw))]
 
 
 def _same(a: torch.device, b: torch.device) -> bool:

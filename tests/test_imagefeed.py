@@ -283,3 +283,22 @@ def test_a_slow_file_does_not_hold_up_the_others(catalog, tmp_path, monkeypatch)
     summary = index_images(catalog, [folder], lambda: encoder, batch_size=2, workers=2)
     # In input order, the six others would have waited behind 0.png (until the timeout).
     assert others_encoded.is_set() and summary.added == 7
+
+
+def test_lanes_per_gpu(monkeypatch):
+    """A lane (encoder thread) per GPU, ``$MMSEARCH_GPU_LANES`` of them on each; the CPU
+    keeps one whatever it says (no GPU needed: only the device list is built)."""
+    from mmsearch.imagefeed import _devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert _devices(torch.device("cuda")) == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    monkeypatch.setenv("MMSEARCH_GPU_LANES", "2")
+    assert [str(d) for d in _devices(torch.device("cuda"))] == [
+        "cuda:0", "cuda:0", "cuda:1", "cuda:1",
+    ]  # fmt: skip
+    assert _devices(torch.device("cuda", 1)) == [torch.device("cuda", 1)] * 2
+    assert _devices(torch.device("cpu")) == [torch.device("cpu")]
+    for bad in ("0", "two", "9"):
+        monkeypatch.setenv("MMSEARCH_GPU_LANES", bad)
+        with pytest.raises(InvalidValueError):
+            _devices(torch.device("cuda"))

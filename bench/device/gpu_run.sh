@@ -21,11 +21,12 @@ work="${WORKDIR:-/tmp/ibench}"
 {
     date -u; nproc; free -g | head -2; df -h /tmp | tail -1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
-    python3 -c 'import sys, torch, torchvision, open_clip, faiss, sqlalchemy, onnxruntime, PIL
+    python3 -c 'import sys, torch, torchvision, open_clip, faiss, sqlalchemy, onnxruntime, PIL, blake3
 print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(),
       "torchvision", torchvision.__version__, "open_clip", open_clip.__version__,
       "faiss", faiss.__version__, "sqlalchemy", sqlalchemy.__version__,
-      "onnxruntime", onnxruntime.__version__, "pillow", PIL.__version__)'
+      "onnxruntime", onnxruntime.__version__, "pillow", PIL.__version__,
+      "blake3", blake3.__version__)'
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
