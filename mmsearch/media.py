@@ -14,6 +14,7 @@ a thread pool (Pillow releases the GIL while decoding) and yields results in inp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import io
@@ -32,6 +33,7 @@ from typing import Any
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from . import jpeg_header
 from .config import cpu_cores
 from .errors import InputError, InvalidValueError
 
@@ -343,6 +345,19 @@ def probe_image(
     path = os.fspath(path)
     if not data.data:
         raise InputError(path, "empty file")
+    fast = jpeg_header.read(data.data)  # a plain JPEG's, without Pillow's table parsing
+    bomb = Image.MAX_IMAGE_PIXELS
+    if fast is not None and not (bomb and fast.width * fast.height > bomb):
+        width, height = fast.width, fast.height
+        if width * height > max_pixels:
+            raise InputError(
+                path, f"too large: {width}×{height} pixels exceeds the limit of {max_pixels}"
+            )
+        exif = functools.cache(lambda: jpeg_header.exif_of(fast))
+        orientation = _orientation(exif)
+        if orientation in _ROTATING_ORIENTATIONS:
+            width, height = height, width
+        return ImageHeader("JPEG", fast.mode, width, height, orientation, _exif_date(exif))
     _ensure_plugins()
     with _open_header(path, data.data) as img:
         width, height = img.size
@@ -653,19 +668,21 @@ def _decode(path: str, img: Image.Image, max_pixels: int, draft_size: int | None
     return LoadedImage(path=path, image=rgb, width=width, height=height, taken=_exif_date(img))
 
 
-def _orientation(img: Image.Image) -> int:
-    """The EXIF orientation tag (1 when absent or unreadable)."""
+def _orientation(img: Image.Image | Callable[[], Image.Exif]) -> int:
+    """The EXIF orientation tag (1 when absent or unreadable) of an image, or of the
+    tags a callable gives."""
     try:
-        return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+        exif = img() if callable(img) else img.getexif()
+        return int(exif.get(_EXIF_ORIENTATION, 1))
     except Exception:  # malformed EXIF is not a reason to refuse the image
         return 1
 
 
-def _exif_date(img: Image.Image) -> float | None:
+def _exif_date(img: Image.Image | Callable[[], Image.Exif]) -> float | None:
     """EXIF DateTimeOriginal (else DateTime) as local time in seconds since the epoch;
-    None when absent or malformed."""
+    None when absent or malformed. Of an image, or of the tags a callable gives."""
     try:
-        exif = img.getexif()
+        exif = img() if callable(img) else img.getexif()
         raw = exif.get_ifd(_EXIF_IFD).get(_DATE_TIME_ORIGINAL) or exif.get(_DATE_TIME)
         if not raw:
             return None

@@ -344,8 +344,11 @@ def test_probe_reads_a_jpeg_header_from_its_first_bytes_and_long_ones_whole(
             copied.append(len(data))
         return real(data)
 
+    walked = _probe(path)  # the marker walk answers for it; Pillow's path from here on
+    monkeypatch.setattr(load_module.jpeg_header, "read", lambda data: None)
     monkeypatch.setattr(load_module.io, "BytesIO", spy)
     header = _probe(path)
+    assert header == walked
     monkeypatch.setattr(load_module, "HEADER_PREFIX", 1 << 30)  # the whole file, as before
     assert _probe(path) == header
     assert (header.format, header.mode, header.width, header.height) == ("JPEG", "RGB", 708, 700)
@@ -405,3 +408,88 @@ def test_the_two_hashes_differ_and_an_unknown_one_is_refused() -> None:
     assert load_module.hash_bytes(b"x", "blake3") != load_module.hash_bytes(b"x", "blake2b")
     with pytest.raises(InvalidValueError):
         load_module.hash_bytes(b"x", "md5")
+
+
+# -- the GPU path's header: markers walked, or Pillow ------------------------------------
+
+
+def _variants(root: Path) -> dict[str, tuple[bytes, bool]]:
+    """JPEGs (and not quite JPEGs) by name: the bytes, and whether the marker walk should
+    answer for them itself (else it hands them to Pillow)."""
+    import io
+
+    def jpeg(img: Image.Image, **params: object) -> bytes:
+        out = io.BytesIO()
+        img.save(out, format=str(params.pop("format", "JPEG")), quality=90, **params)
+        return out.getvalue()
+
+    rgb = Image.effect_noise((64, 48), 40).convert("RGB")
+    out: dict[str, tuple[bytes, bool]] = {
+        "plain": (jpeg(rgb), True),
+        "grey": (jpeg(rgb.convert("L")), True),
+        "cmyk": (jpeg(rgb.convert("CMYK")), False),
+        "progressive": (jpeg(rgb, progressive=True), True),
+        "comment": (jpeg(rgb, comment=b"a comment"), True),
+        "restarts": (jpeg(rgb, restart_marker_blocks=1), True),
+        "icc": (jpeg(rgb, icc_profile=bytes(range(256)) * 300), True),
+        "xmp": (
+            jpeg(rgb, xmp=b'<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'),
+            False,
+        ),
+        "mpo": (jpeg(rgb, format="MPO", save_all=True, append_images=[rgb.rotate(90)]), False),
+    }
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        exif.get_ifd(0x8769)[0x9003] = "2020:01:02 03:04:05"
+        out[f"orientation {orientation}"] = (jpeg(rgb, exif=exif.tobytes()), True)
+    dated = Image.Exif()
+    dated[0x0132] = "2019:12:31 23:59:58"  # DateTime only
+    out["datetime"] = (jpeg(rgb, exif=dated.tobytes()), True)
+    plain = out["plain"][0]
+    out["bad exif"] = (plain[:2] + b"\xff\xe1\x00\x10Exif\x00\x00garbage!" + plain[2:], True)
+    out["two exif"] = (plain[:2] + b"\xff\xe1\x00\x08Exif\x00\x00" * 2 + plain[2:], False)
+    out["fill byte"] = (plain[:2] + b"\xff" + plain[2:], True)
+    out["cut in header"] = (plain[:60], False)
+    out["no frame"] = (b"\xff\xd8\xff\xfe\x00\x04hi\xff\xda\x00\x02", False)
+    out["not jpeg"] = (b"\xff\xd8\xff" + b"not a picture" * 10, False)
+    return out
+
+
+def test_the_marker_walk_reads_what_pillow_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mmsearch import jpeg_header
+
+    def probe(data: bytes) -> object:
+        path = tmp_path / "a.jpg"
+        path.write_bytes(data)
+        try:
+            return _probe(path)
+        except InputError as exc:
+            return exc.reason
+
+    real = jpeg_header.read
+    for name, (data, walked) in _variants(tmp_path).items():
+        assert (real(data) is not None) == walked, name
+        fast = probe(data)
+        monkeypatch.setattr(jpeg_header, "read", lambda data: None)  # Pillow alone
+        assert probe(data) == fast, name
+        monkeypatch.setattr(jpeg_header, "read", real)
+    oriented = probe(_variants(tmp_path)["orientation 6"][0])
+    assert isinstance(oriented, load_module.ImageHeader)
+    assert (oriented.width, oriented.height, oriented.orientation) == (48, 64, 6)
+    assert oriented.taken is not None
+
+
+def test_the_marker_walk_leaves_pillows_size_limits_to_pillow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = save(Image.new("RGB", (20, 10)), tmp_path / "a.jpg")
+    with pytest.raises(InputError) as info:
+        load_module.probe_image(path, load_module.read_file(path), max_pixels=199)
+    assert info.value.reason == "too large: 20×10 pixels exceeds the limit of 199"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # Pillow errors above 2 × 50
+    with pytest.raises(InputError) as info:
+        _probe(path)
+    assert info.value.reason == "too large: 200 pixels exceeds the limit of 100"
