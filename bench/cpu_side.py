@@ -5,8 +5,9 @@ is scanning, reading and hashing each file, reading its header (size, EXIF orien
 date), batching, and committing the catalog rows. Much of that holds Python's GIL, so it
 caps a GPU run whatever the GPU does. This runs the real pipeline (``index_images``) over a
 folder with the GPU path's own ``prepare`` (``TorchFeed`` with ``gpu_jpeg``) and an encoder
-that costs nothing, and reports the rate, the CPU time per file, the run thread's share, and
-one thread's cost of each per-file step.
+that costs nothing, and reports the rate, the CPU time per file, the run thread's share, the
+same with every file read and hashed beforehand (what is left mostly holds the GIL: its
+rate is about the most one process can feed), and one thread's cost of each step.
 
     python bench/cpu_side.py DIR [--json out.json]
 
@@ -63,27 +64,50 @@ def measure(folder: Path, files: int | None = None) -> dict[str, Any]:
     for p in paths:  # into the page cache
         p.read_bytes()
     encoder = Encoder.load("mmsearch-tiny", device="cpu")
-    real_feed_for = pipeline.feed_for
-    pipeline.feed_for = lambda enc: CpuSide(enc)
+
+    def run(name: str) -> dict[str, float]:
+        real_feed_for = pipeline.feed_for
+        pipeline.feed_for = lambda enc: CpuSide(enc)
+        try:
+            with Catalog(work / f"{name}.sqlite") as catalog:
+                t0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
+                summary = pipeline.index_images(catalog, [folder], lambda: encoder, batch_size=256)
+                wall = time.perf_counter() - t0
+                cpu, main = time.process_time() - c0, time.thread_time() - m0
+        finally:
+            pipeline.feed_for = real_feed_for
+        n = summary.added
+        if n != len(paths) or summary.skipped:
+            raise RuntimeError(f"indexed {n} of {len(paths)} files: {summary.skipped[:3]}")
+        return {
+            "images_per_s": round(n / wall, 1),
+            "cpu_us_per_image": round(1e6 * cpu / n),
+            "run_thread_us_per_image": round(1e6 * main / n),  # scan, settle, commit
+        }
+
+    whole = run("whole")
+    # The same with every file read and hashed beforehand: what is left mostly holds the
+    # GIL (header, queues, scan, settle, commit), so more cores do not make it faster —
+    # its rate is about the most one process can feed, however many cores and GPUs.
+    read_beforehand = {}
+    for p in paths:
+        data = media.read_file(p)
+        read_beforehand[str(p)] = read_beforehand[str(folder / p.name)] = data
+    real_read = media.read_file
+    media.read_file = lambda path, *a, **k: (
+        read_beforehand.get(str(path)) or real_read(path, *a, **k)
+    )
     try:
-        with Catalog(work / "catalog.sqlite") as catalog:
-            t0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
-            summary = pipeline.index_images(catalog, [folder], lambda: encoder, batch_size=256)
-            wall = time.perf_counter() - t0
-            cpu, main = time.process_time() - c0, time.thread_time() - m0
+        gil_bound = run("gil-bound")
     finally:
-        pipeline.feed_for = real_feed_for
-    n = summary.added
-    if n != len(paths) or summary.skipped:
-        raise RuntimeError(f"indexed {n} of {len(paths)} files: {summary.skipped[:3]}")
+        media.read_file = real_read
     steps = _step_costs(paths[:200], CpuSide(encoder), media)
     return {
-        "files": n,
-        "mb_mean": round(sum(p.stat().st_size for p in paths) / n / 1e6, 2),
+        "files": len(paths),
+        "mb_mean": round(sum(p.stat().st_size for p in paths) / len(paths) / 1e6, 2),
         "cores": len(os.sched_getaffinity(0)),
-        "images_per_s": round(n / wall, 1),
-        "cpu_us_per_image": round(1e6 * cpu / n),
-        "run_thread_us_per_image": round(1e6 * main / n),  # scan, settle, commit
+        **whole,
+        "without_read_and_hash": gil_bound,
         "one_thread_us": steps,
     }
 
