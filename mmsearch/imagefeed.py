@@ -215,10 +215,6 @@ class TorchFeed:
                     out.append(exc)
         return out
 
-    def to_input(self, image: torch.Tensor, orientation: int, lane: int = 0) -> torch.Tensor:
-        """A decoded (3, H, W) uint8 image as the model's input (see :meth:`to_inputs`)."""
-        return self.to_inputs(image.unsqueeze(0), orientation, lane)[0]
-
     def to_inputs(self, images: torch.Tensor, orientation: int, lane: int = 0) -> torch.Tensor:
         """Decoded (N, 3, H, W) uint8 images of one size and orientation as the model's
         inputs, on its device: upright, the short side resized to the input size

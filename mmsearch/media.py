@@ -348,27 +348,33 @@ def probe_image(
     fast = jpeg_header.read(data.data)  # a plain JPEG's, without Pillow's table parsing
     bomb = Image.MAX_IMAGE_PIXELS
     if fast is not None and not (bomb and fast.width * fast.height > bomb):
-        width, height = fast.width, fast.height
-        if width * height > max_pixels:
-            raise InputError(
-                path, f"too large: {width}×{height} pixels exceeds the limit of {max_pixels}"
-            )
+        _check_pixels(path, fast.width, fast.height, max_pixels)
         exif = functools.cache(lambda: jpeg_header.exif_of(fast))
-        orientation = _orientation(exif)
-        if orientation in _ROTATING_ORIENTATIONS:
-            width, height = height, width
-        return ImageHeader("JPEG", fast.mode, width, height, orientation, _exif_date(exif))
+        return _oriented_header("JPEG", fast.mode, (fast.width, fast.height), exif)
     _ensure_plugins()
     with _open_header(path, data.data) as img:
-        width, height = img.size
-        if width * height > max_pixels:
-            raise InputError(
-                path, f"too large: {width}×{height} pixels exceeds the limit of {max_pixels}"
-            )
-        orientation = _orientation(img)
-        if orientation in _ROTATING_ORIENTATIONS:
-            width, height = height, width
-        return ImageHeader(img.format or "", img.mode, width, height, orientation, _exif_date(img))
+        _check_pixels(path, *img.size, max_pixels)
+        return _oriented_header(img.format or "", img.mode, img.size, img)
+
+
+def _oriented_header(
+    fmt: str, mode: str, size: tuple[int, int], tags: Image.Image | Callable[[], Image.Exif]
+) -> ImageHeader:
+    """The header of a picture of stored ``size`` whose EXIF tags are ``tags`` (an image,
+    or a callable giving them): its size as displayed, orientation and date."""
+    width, height = size
+    orientation = _orientation(tags)
+    if orientation in _ROTATING_ORIENTATIONS:
+        width, height = height, width
+    return ImageHeader(fmt, mode, width, height, orientation, _exif_date(tags))
+
+
+def _check_pixels(path: str, width: int, height: int, max_pixels: int) -> None:
+    """Refuse a picture of more than ``max_pixels``, from its header's size."""
+    if width * height > max_pixels:
+        raise InputError(
+            path, f"too large: {width}×{height} pixels exceeds the limit of {max_pixels}"
+        )
 
 
 @dataclass
@@ -482,10 +488,7 @@ def _load_raw(
     try:
         sizes = raw.sizes
         width, height, flip = int(sizes.width), int(sizes.height), int(sizes.flip)
-        if width * height > max_pixels:
-            raise InputError(
-                path, f"too large: {width}×{height} pixels exceeds the limit of {max_pixels}"
-            )
+        _check_pixels(path, width, height, max_pixels)
         # The half-size demosaic is the fallback, so a preview at least that large (or at
         # least the draft size the model asks for) loses nothing.
         wanted = draft_size or min(width, height) // 2
@@ -642,10 +645,7 @@ def _open(path: str, fp: Any) -> Image.Image:
 def _decode(path: str, img: Image.Image, max_pixels: int, draft_size: int | None) -> LoadedImage:
     """Check the size, decode fully, orient and convert to RGB."""
     width, height = img.size
-    if width * height > max_pixels:
-        raise InputError(
-            path, f"too large: {width}×{height} pixels exceeds the limit of {max_pixels}"
-        )
+    _check_pixels(path, width, height, max_pixels)
     if draft_size and img.format == "JPEG":
         img.draft("RGB", (draft_size, draft_size))
     try:
