@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import TINY, noise_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,3 +76,51 @@ def test_query_by_indexed_image_path_imports_no_torch(tmp_path):
     loaded = _modules_after(code, index, str(photos / "1.png"))
     assert "torch" not in loaded and "open_clip" not in loaded
     assert "faiss" in loaded  # the query did run a search
+
+
+# What the repository may hold at its top level, and file kinds that are only ever a run's
+# output. (A catalog from a test run, idx3/catalog.sqlite, and a command's b.out and b.err
+# were committed with a merge and stayed for weeks.)
+TOP_LEVEL = {
+    ".ci",
+    ".gitignore",
+    "README.md",
+    "bench",
+    "data",
+    "docs",
+    "indexer",
+    "mmsearch",
+    "pyproject.toml",
+    "setup.cfg",
+    "tests",
+}
+OUTPUT_SUFFIXES = (".sqlite", ".sqlite-wal", ".faiss", ".npy", ".out", ".err", ".log", ".pyc")
+
+
+def _tracked_files() -> list[str]:
+    git = shutil.which("git")
+    if git is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    out = subprocess.run(
+        [git, "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return [p for p in out.stdout.split("\0") if p]
+
+
+def stray_files(paths: list[str]) -> list[str]:
+    """Tracked paths outside the layout, or of a kind only a run writes."""
+    return sorted(
+        p for p in paths if p.split("/")[0] not in TOP_LEVEL or p.endswith(OUTPUT_SUFFIXES)
+    )
+
+
+def test_the_repository_holds_no_run_output():
+    tracked = _tracked_files()
+    assert "mmsearch/__init__.py" in tracked
+    assert stray_files(tracked) == []
+    # The check itself: the files that were once committed by mistake are caught.
+    assert stray_files(["idx3/catalog.sqlite", "b.out", "tests/x.err", "README.md"]) == [
+        "b.out",
+        "idx3/catalog.sqlite",
+        "tests/x.err",
+    ]
