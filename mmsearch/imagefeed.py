@@ -30,7 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, decode_jpeg
+
+try:  # deprecated since torchvision 0.29 (for TorchCodec), to be removed in a later release
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:  # pragma: no cover - exercised by monkeypatching in the tests
+    ImageReadMode = decode_jpeg = None  # type: ignore[assignment,misc]
 
 from . import media
 from .config import ENV_ENCODE_DTYPE, ENV_GPU_LANES
@@ -95,6 +99,9 @@ class TorchFeed:
         self.gpu_jpeg = (not self.on_cpu) if gpu_jpeg is None else gpu_jpeg
         if self.gpu_jpeg and not _reproducible(cfg):
             logger.info("preprocessing %s is not reproduced on the device: Pillow decodes", cfg)
+            self.gpu_jpeg = False
+        if self.gpu_jpeg and decode_jpeg is None:
+            logger.warning("this torchvision decodes no JPEGs (torchvision.io): Pillow decodes")
             self.gpu_jpeg = False
         self.mode = str(cfg.get("interpolation", "bicubic"))
         self.mean = [torch.tensor(cfg["mean"], device=d).view(3, 1, 1) for d in self.devices]

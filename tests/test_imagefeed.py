@@ -18,6 +18,7 @@ import mmsearch.media
 from indexer import pipeline
 from indexer.feed import thread_budget
 from indexer.pipeline import index_images
+from mmsearch import imagefeed
 from mmsearch.encoder import Encoder
 from mmsearch.errors import InputError, InvalidValueError
 from mmsearch.imagefeed import JpegBytes, TorchFeed, upright
@@ -94,6 +95,19 @@ def test_device_path_embeds_like_the_pillow_path(tiny, jpegs):
     assert cosines.min() >= COSINE_TOLERANCE, cosines
     # Different images stay different: the agreement is not the model ignoring its input.
     assert (ea.vectors[0] * eb.vectors[1]).sum() < cosines.min()
+
+
+def test_without_torchvision_jpeg_decoding_pillow_decodes(tiny, jpegs, monkeypatch, caplog):
+    """torchvision 0.29 deprecates its image decoders for TorchCodec; a release without them
+    must still index (with Pillow, as on the CPU), not fail at import or at the first batch."""
+    monkeypatch.setattr(imagefeed, "decode_jpeg", None)
+    with caplog.at_level("WARNING", logger="mmsearch.imagefeed"):
+        feed = TorchFeed(tiny, gpu_jpeg=True)
+    assert not feed.gpu_jpeg and "decodes no JPEGs" in caplog.text
+    prepared = _prepare(feed, jpegs[:2])
+    assert all(isinstance(p.payload, torch.Tensor) for p in prepared)  # decoded by Pillow
+    expected = TorchFeed(tiny, gpu_jpeg=False).encode(_prepare(TorchFeed(tiny), jpegs[:2]))
+    assert np.allclose(feed.encode(prepared).vectors, expected.vectors, atol=1e-6)
 
 
 def test_device_path_leaves_other_files_to_pillow_and_keeps_its_verdicts(tiny, tmp_path, jpegs):
