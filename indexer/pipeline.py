@@ -534,6 +534,8 @@ class _Run:
                 items = self._finish_early(feed, batch)  # type: ignore[arg-type]
                 if not items:
                     continue
+                if self.gate.enabled:
+                    self.decoders.read_ahead(batch_size)  # read from disk while it waits
                 self.gate.close()
                 started = time.perf_counter()
                 try:

@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 
 from mmsearch import media
@@ -149,7 +149,9 @@ class DecodingThreads:
         on_error: Callable[[BaseException], None],
         on_finished: Callable[[], None],
     ) -> None:
-        self._todo: Iterator[tuple[int, str]] = iter(paths)
+        self._paths = paths
+        self._next_at = 0  # the next path a thread takes
+        self._advised = 0  # paths before this one were announced to the kernel
         self._lock = threading.Lock()
         self._work, self._to_encode, self._done = work, to_encode, done
         self._gate, self._stop = gate, stop
@@ -171,7 +173,22 @@ class DecodingThreads:
 
     def _next(self) -> tuple[int, str] | None:
         with self._lock:
-            return next(self._todo, None)
+            if self._next_at >= len(self._paths):
+                return None
+            self._next_at += 1
+            return self._paths[self._next_at - 1]
+
+    def read_ahead(self, n: int) -> None:
+        """Have the kernel read the next ``n`` files the threads will take (those not
+        asked for already) while they wait: with the ``alternate`` schedule the encoder
+        calls this as it closes the gate, so a cold file's disk time passes while the model
+        runs instead of in the decoding phase."""
+        with self._lock:
+            start = max(self._advised, self._next_at)
+            end = max(start, min(len(self._paths), self._next_at + n))
+            self._advised = end
+        for _, path in self._paths[start:end]:
+            media.read_soon(path)
 
     def _run(self) -> None:
         try:

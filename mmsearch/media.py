@@ -289,6 +289,24 @@ def read_file(
     return FileBytes(path, hash_bytes(data, algorithm), data)
 
 
+def read_soon(path: str | os.PathLike) -> None:
+    """Ask the kernel to start reading ``path`` into the page cache now, so that a later
+    :func:`read_file` finds it there (``posix_fadvise(WILLNEED)``: the disk works while
+    this process computes). Nothing happens where that is unsupported or fails."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def hash_bytes(data: bytes | bytearray | memoryview, algorithm: str = "blake3") -> str:
     """The content hash of bytes in memory (what :func:`content_hash` gives for a file)."""
     hasher = _hasher(algorithm)

@@ -4,6 +4,7 @@ budget, one read per file, and batches that do not wait for a slow file."""
 from __future__ import annotations
 
 import builtins
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import mmsearch.media
 from indexer import pipeline
 from indexer.feed import thread_budget
 from indexer.pipeline import index_images
+from indexer.reading import DecodingThreads, Gate
 from mmsearch import imagefeed
 from mmsearch.encoder import Encoder
 from mmsearch.errors import InputError, InvalidValueError
@@ -270,6 +272,78 @@ def test_each_file_is_opened_once(catalog, tmp_path, monkeypatch):
     summary = index_images(catalog, [folder], _MeanEncoder, batch_size=4)
     assert summary.added == 6
     assert sorted(opened) == sorted(f"{i}.jpg" for i in range(6))  # hashed and decoded once
+
+
+def test_the_next_batch_is_read_ahead_while_the_model_runs(catalog, tmp_path, monkeypatch):
+    """With the alternate schedule the encoder asks the kernel for the next files as it
+    closes the gate (their disk time passes while the model runs): each file at most once,
+    always before it is read; overlapping (a GPU's schedule), nothing is asked for."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(12):
+        noise_image(i).save(folder / f"{i:02d}.jpg")
+    events: list[tuple[str, str]] = []
+    real_soon, real_read = mmsearch.media.read_soon, mmsearch.media.read_file
+
+    def soon(path: Any) -> None:
+        events.append(("soon", Path(path).name))
+        real_soon(path)
+
+    def read(path: Any, *args: Any, **kwargs: Any) -> Any:
+        events.append(("read", Path(path).name))
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(mmsearch.media, "read_soon", soon)
+    monkeypatch.setattr(mmsearch.media, "read_file", read)
+    monkeypatch.setenv("MMSEARCH_DECODE_SCHEDULE", "alternate")
+    summary = index_images(catalog, [folder], _MeanEncoder, batch_size=3, workers=1)
+    assert summary.added == 12
+    announced = [name for kind, name in events if kind == "soon"]
+    assert announced and len(announced) == len(set(announced))
+    for name in announced:
+        assert events.index(("soon", name)) < events.index(("read", name))
+
+    events.clear()
+    monkeypatch.setenv("MMSEARCH_DECODE_SCHEDULE", "overlap")
+    for i in range(12, 18):
+        noise_image(i).save(folder / f"{i:02d}.jpg")
+    assert index_images(catalog, [folder], _MeanEncoder, batch_size=3, workers=1).added == 6
+    assert [e for e in events if e[0] == "soon"] == []
+
+
+def test_read_ahead_asks_for_each_file_once_from_the_threads_next(monkeypatch):
+    asked: list[str] = []
+    monkeypatch.setattr(mmsearch.media, "read_soon", asked.append)
+    paths = [(i, f"/photos/{i}.jpg") for i in range(8)]
+    threads = DecodingThreads(
+        paths,
+        None,
+        None,
+        None,
+        1,
+        Gate(),
+        threading.Event(),
+        print,
+        print,  # type: ignore[arg-type]
+    )
+    threads.read_ahead(3)
+    threads.read_ahead(3)  # the same three: asked for already
+    assert asked == ["/photos/0.jpg", "/photos/1.jpg", "/photos/2.jpg"]
+    assert threads._next() == (0, "/photos/0.jpg") and threads._next() == (1, "/photos/1.jpg")
+    threads.read_ahead(2)  # the threads' next two are 2 (asked for) and 3
+    threads.read_ahead(100)
+    assert asked[3:] == ["/photos/3.jpg", *(f"/photos/{i}.jpg" for i in range(4, 8))]
+    assert [threads._next() for _ in range(7)][-1] is None
+
+
+def test_read_soon_never_fails_or_blocks(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"x" * 10_000)
+    mmsearch.media.read_soon(tmp_path / "a.jpg")
+    mmsearch.media.read_soon(tmp_path / "missing.jpg")
+    mmsearch.media.read_soon(tmp_path)  # a folder
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.jpg")  # opened without O_NONBLOCK, this would hang
+        mmsearch.media.read_soon(tmp_path / "pipe.jpg")
 
 
 def test_a_slow_file_does_not_hold_up_the_others(catalog, tmp_path, monkeypatch):
