@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,12 @@ from .errors import InputError, InvalidValueError
 from .media import EncodedImages, FileBytes, PreparedImage
 
 logger = logging.getLogger(__name__)
+# The file's bytes are read-only (``media.read_file``) and shared, not copied, with the
+# decoder, which only reads them: torch's warning that a tensor over them could write to
+# them says nothing here (once per process, on stderr, in every GPU run).
+warnings.filterwarnings(
+    "ignore", "The given buffer is not writable", UserWarning, r"mmsearch\.imagefeed"
+)
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 #: Pillow modes the device decoder turns into RGB like Pillow does (CMYK, YCCK are not).
@@ -294,7 +301,7 @@ def _numpy_tail(preprocess: Any) -> tuple[list[Any], np.ndarray, np.ndarray] | N
     return steps[:-2], mean, std
 
 
-def _complete_jpeg(data: bytearray) -> bool:
+def _complete_jpeg(data: bytes) -> bool:
     """Whether the bytes end with a JPEG end marker (NUL padding after it allowed): a
     truncated file goes to Pillow, which refuses it, where a device decoder might fill in
     the rest. Looks at the last 4 KB (stripping the whole file copied it: 54 µs for 2 MP),

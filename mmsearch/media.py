@@ -234,7 +234,7 @@ class FileBytes:
 
     path: str
     digest: str  # content_hash of the bytes
-    data: bytearray | None  # None for a file over READ_LIMIT: decoded from the path
+    data: bytes | None  # None for a file over READ_LIMIT: decoded from the path
 
 
 NOT_REGULAR = "not a regular file"
@@ -273,17 +273,20 @@ def read_file(
     """
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):  # checked before reading: a FIFO would block
                 raise InputError(path, NOT_REGULAR)
             if st.st_size > limit:
                 return FileBytes(path, content_hash(path, algorithm=algorithm), None)
-            data = bytearray(st.st_size)
-            got = f.readinto(data)
-            if got != st.st_size or f.read(1):  # changed while read: take what is there now
+            # Into new bytes, not a zeroed bytearray: their memory is first touched by the
+            # kernel's copy, with the GIL released. Zeroing a bytearray faulted its pages
+            # in holding the GIL: ~400 µs for a 2 MP JPEG on the test machine's VM, more
+            # than everything else a GPU run does with a file under the GIL.
+            data = f.read(st.st_size)
+            if len(data) != st.st_size or f.read(1):  # changed while read: take what is there
                 f.seek(0)
-                data = bytearray(f.read())
+                data = f.readall()
     except OSError as exc:
         raise InputError(path, os_reason(exc)) from exc
     return FileBytes(path, hash_bytes(data, algorithm), data)
@@ -370,7 +373,7 @@ def probe_image(
         exif = functools.cache(lambda: jpeg_header.exif_of(fast))
         return _oriented_header("JPEG", fast.mode, (fast.width, fast.height), exif)
     _ensure_plugins()
-    with _open_header(path, data.data) as img:
+    with _open(path, io.BytesIO(data.data)) as img:  # shares the bytes: no copy
         _check_pixels(path, *img.size, max_pixels)
         return _oriented_header(img.format or "", img.mode, img.size, img)
 
@@ -494,7 +497,7 @@ def _load_one(
 
 
 def _load_raw(
-    path: str, max_pixels: int, draft_size: int | None, data: bytearray | None = None
+    path: str, max_pixels: int, draft_size: int | None, data: bytes | None = None
 ) -> LoadedImage:
     """Decode a camera RAW file with rawpy: its embedded JPEG preview when that is large
     enough (fast), else a half-size demosaic; oriented like the camera held it."""
@@ -613,25 +616,6 @@ def _check_file(path: str) -> int:
 
 
 _MAGIC_FORMATS = ((b"\xff\xd8\xff", ["JPEG"]), (b"\x89PNG\r\n\x1a\n", ["PNG"]))
-
-HEADER_PREFIX = 256 << 10
-"""Bytes of a JPEG that :func:`probe_image` reads its header from first (the whole file
-when the header does not end in them)."""
-
-
-def _open_header(path: str, data: bytearray) -> Image.Image:
-    """The image of ``data`` opened for its header. A JPEG's header (EXIF, ICC, XMP, the
-    frame) comes before its pixels: it is read from the first ``HEADER_PREFIX`` bytes
-    rather than a copy of the whole file (``BytesIO`` copies a bytearray: 66 µs for 2 MP,
-    more than the header takes to read). A header that does not end in them (or that
-    fails there) is read from the whole file, as for any other format."""
-    if len(data) > HEADER_PREFIX and data.startswith(_MAGIC_FORMATS[0][0]):
-        head = io.BytesIO(bytes(memoryview(data)[:HEADER_PREFIX]))
-        try:
-            return Image.open(head, formats=["JPEG"])
-        except Exception:  # noqa: BLE001 - read from the whole file below, errors and all
-            pass
-    return _open(path, io.BytesIO(data))
 
 
 def _open(path: str, fp: Any) -> Image.Image:

@@ -330,33 +330,32 @@ def _probe(path: Path) -> load_module.ImageHeader:
 
 
 @pytest.mark.parametrize("icc", [None, bytes(range(256)) * 1400])  # a 350 KB ICC profile
-def test_probe_reads_a_jpeg_header_from_its_first_bytes_and_long_ones_whole(
+def test_probe_reads_a_header_from_the_bytes_read_without_copying_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, icc: bytes | None
 ) -> None:
+    """A file is read into new ``bytes`` (their pages first touched by the kernel, with the
+    GIL released; a zeroed bytearray faulted them in holding it), and Pillow reads a header
+    through a ``BytesIO`` that shares them (it copied a bytearray: the whole file, or before
+    this a 256 KB prefix of it, under the GIL)."""
     path = _dated_rotated_jpeg(tmp_path / "a.jpg", 700, icc)
-    prefix, size = load_module.HEADER_PREFIX, path.stat().st_size
-    assert size > prefix  # the prefix is a real part of the file
-    copied: list[int] = []
+    data = load_module.read_file(path)
+    assert type(data.data) is bytes and data.data == path.read_bytes()
+    given: list[object] = []
     real = load_module.io.BytesIO
 
-    def spy(data: bytes = b"") -> object:
-        if len(data) > 4096:  # Pillow reads its EXIF blocks through BytesIO too
-            copied.append(len(data))
-        return real(data)
+    def spy(initial: bytes = b"") -> object:
+        if len(initial) > 4096:  # Pillow reads its EXIF blocks through BytesIO too
+            given.append(initial)
+        return real(initial)
 
-    walked = _probe(path)  # the marker walk answers for it; Pillow's path from here on
+    walked = load_module.probe_image(path, data)  # the marker walk answers for a plain one
     monkeypatch.setattr(load_module.jpeg_header, "read", lambda data: None)
     monkeypatch.setattr(load_module.io, "BytesIO", spy)
-    header = _probe(path)
+    header = load_module.probe_image(path, data)  # Pillow's path
     assert header == walked
-    monkeypatch.setattr(load_module, "HEADER_PREFIX", 1 << 30)  # the whole file, as before
-    assert _probe(path) == header
     assert (header.format, header.mode, header.width, header.height) == ("JPEG", "RGB", 708, 700)
     assert header.orientation == 6 and header.taken is not None
-    if icc is None:  # the header was read from the first bytes alone (then whole, as before)
-        assert copied == [prefix, size]
-    else:  # the frame comes after the profile: read again from the whole file
-        assert copied == [prefix, size, size]
+    assert given and all(g is data.data for g in given)
 
 
 def test_bytes_that_begin_as_a_jpeg_but_are_not_are_refused_as_before(tmp_path: Path) -> None:
