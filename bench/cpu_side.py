@@ -118,7 +118,7 @@ def _step_costs(paths: list[Path], feed: Any, media: Any) -> dict[str, float]:
     for path in paths:
         t0 = time.thread_time()
         with open(path, "rb") as f:
-            data = bytearray(f.read())
+            data = f.read()  # as media.read_file: new bytes
         t1 = time.thread_time()
         digest = media.hash_bytes(data)
         t2 = time.thread_time()
