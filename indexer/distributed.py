@@ -254,7 +254,7 @@ class RayEncoding:
                     if job.old is not None:
                         replaced.append(job.old.id)
                 if rows:
-                    catalog.apply(add=rows, remove=replaced)
+                    catalog.apply(add=rows, remove=replaced, new_ids=False)
                 summary.updated += len(replaced)
                 summary.added += len(rows) - len(replaced)
                 bar.update(len(done))

@@ -331,7 +331,7 @@ def _reuse_stored(
             changed_reused.append(old.id)
     if renames or copies:
         _copy_dims(records, copies)
-        catalog.apply(add=copies, remove=changed_reused, updates=renames)
+        catalog.apply(add=copies, remove=changed_reused, updates=renames, new_ids=False)
         summary.reused += len(renames) + len(copies)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
 from mmsearch.catalog import SCHEMA_VERSION, Catalog, ItemRecord
-from mmsearch.errors import IndexCorruptError, IndexNotFoundError
+from mmsearch.errors import CatalogWriteError, IndexCorruptError, IndexNotFoundError
 
 DIM = 16
 
@@ -263,6 +264,47 @@ def test_a_batch_of_rows_with_different_columns_gets_its_ids_in_order(catalog: C
         assert record.width == row.get("width")
     found, stored = catalog.embeddings(ids, DIM)
     assert found == ids and np.abs(stored - vecs).max() < 1e-3
+
+
+def test_the_run_s_driver_insert_stores_what_the_orm_insert_stores(tmp_path: Path) -> None:
+    """``apply(new_ids=False)`` (what an indexing run commits with) inserts through the
+    driver with each column's own bind processing: the same rows as SQLAlchemy's insert —
+    an undecodable name as fsbytes:, embeddings given as vectors or as bytes, columns
+    missing from some rows as NULL — and an unknown column or a taken path stores nothing."""
+    vecs = unit_vectors(6)
+    rows = [
+        image_row(0, vecs[0], taken_at=1.5e9),
+        text_row(1, vecs[1]),
+        image_row(2, vecs[2], path=os.fsdecode(b"/photos/caf\xe9-\xff.jpg")),
+        text_row(3, vecs[3].astype("<f2").tobytes()),
+        image_row(4, vecs[4], taken_at=1.6e9, width=None),
+        image_row(5, vecs[5]),
+    ]
+    columns = (  # all but added_at (when each was stored), with the embedding's type
+        "id, modality, path, text, source, size, mtime_ns, content_hash, width, height,"
+        " embedding, taken_at, typeof(embedding)"
+    )
+    stored = []
+    for new_ids in (True, False):
+        path = tmp_path / f"{new_ids}.sqlite"
+        with Catalog(path) as catalog:
+            catalog.apply(add=rows, new_ids=new_ids)
+            assert catalog.generation("image") == catalog.generation("text") == 1
+            assert catalog.find_path(rows[2]["path"]) is not None  # found by its own str
+        with sqlite3.connect(path) as db:
+            stored.append(db.execute(f"SELECT {columns} FROM items ORDER BY id").fetchall())
+    orm, driver = stored
+    assert orm == driver and len(driver) == 6
+    assert driver[2][2].startswith("fsbytes:") and driver[4][8] is None  # path, width
+    assert {r[-1] for r in driver} == {"blob"}
+
+    with Catalog(tmp_path / "False.sqlite") as catalog:
+        with pytest.raises(CatalogWriteError, match="colour"):
+            catalog.apply(add=[image_row(9, vecs[0], colour="red")], new_ids=False)
+        with pytest.raises(IntegrityError):  # the second row's path is taken
+            catalog.apply(add=[image_row(8, vecs[0]), image_row(0, vecs[1])], new_ids=False)
+        assert catalog.count() == 6 and catalog.find_path("/photos/img8.jpg") is None
+        assert catalog.generation("image") == 1
 
 
 def test_a_new_catalog_hashes_files_with_blake3_an_older_one_as_before(db_path: Path) -> None:
