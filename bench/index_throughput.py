@@ -502,6 +502,11 @@ def run(args: argparse.Namespace, save: Any = lambda results: None) -> dict[str,
 def summarise(r: dict[str, Any], cores: int) -> dict[str, Any]:
     model = (r["model_only_before"]["images_per_s"] + r["model_only_after"]["images_per_s"]) / 2
     out: dict[str, Any] = {"model_only_images_per_s": round(model, 2)}
+    # How much the machine's speed moved during the run: every model-only measurement of
+    # the engine the runs use (the ratios below move by as much).
+    rates = [r["model_only_before"]["images_per_s"], r["model_only_after"]["images_per_s"]]
+    rates += [s["images_per_s"] for s in r.get("model_only_slices", [])]
+    out["model_only_range_images_per_s"] = [min(rates), max(rates)]
     for name, e in r["end_to_end"].items():
         out[f"ratio_{name}"] = round(e["images_per_s"] / model, 3)
     for name, e in r["end_to_end"].items():  # against the model-only slices beside the run
