@@ -136,7 +136,7 @@ def cpu_costs(folder: Path, workdir: Path, rows: int = 4_096, dim: int = 512) ->
     """Per-core costs in CPU time (``time.process_time``, one thread), which a crowded
     machine distorts far less than wall time: decoding one image to the model's input
     (JPEG draft mode + ViT-B-32 preprocessing), hashing one MB, committing one catalog row
-    (512-d, batches of 64 as a Ray run commits)."""
+    (512-d, batches of 64, through the driver's insert as a Ray run commits)."""
     import open_clip
 
     from mmsearch.catalog import Catalog
@@ -162,7 +162,8 @@ def cpu_costs(folder: Path, workdir: Path, rows: int = 4_096, dim: int = 512) ->
                      "mtime_ns": 0, "content_hash": f"h{first + i}", "width": 1, "height": 1,
                      "taken_at": 0.0, "embedding": vecs[i]}
                     for i in range(64)
-                ]
+                ],
+                new_ids=False,
             )  # fmt: skip
         commit_ms = (time.process_time() - start) * 1000 / rows
     return {
@@ -248,6 +249,7 @@ def redo_estimate(path: Path, workdir: Path) -> dict[str, Any]:
     """Re-measure the per-core costs and redo the estimate of an earlier ``encode`` result."""
     result = json.loads(path.read_text())
     facts = result["facts"]
+    make_photos(workdir / "photos", facts["images"])  # the same files (seeded), if not there
     for old in ("driver_hash_mb_per_s", "catalog_commit_rows_per_s"):
         facts.pop(old, None)
     facts.update(cpu_costs(workdir / "photos", workdir))
