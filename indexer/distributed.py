@@ -4,8 +4,10 @@ commits.
 The scan and change detection stay with the catalog (:mod:`indexer.scan`, run by
 :func:`indexer.pipeline.index_images` as always): only the encoding of the planned new and
 changed items is handed to Ray Data. Each worker is an actor that loads the model once
-(``map_batches`` with an :class:`~ray.data.ActorPoolStrategy`), decodes its batch of files
-(a corrupt file comes back with the same skip reason a local run gives) and encodes it.
+(``map_batches`` with an :class:`~ray.data.ActorPoolStrategy`), reads and decodes its batch
+of files as a local run does (the encoder's feed: JPEGs on the GPU of a GPU worker; a
+corrupt file comes back with the same skip reason a local run gives) and encodes it; each
+row is stored under the hash of the bytes the worker encoded.
 Results stream back to the driver (``iter_batches``), which commits them in plan order,
 exactly as a local run would: same ids for the same paths, same skip reasons, and a second
 run finds nothing to encode.
@@ -25,6 +27,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -34,6 +37,7 @@ import numpy as np
 from indexer.common import EncoderLike, load_encoder
 from mmsearch.catalog import Catalog
 from mmsearch.errors import DistributedError, RayUnavailableError
+from mmsearch.media import PreparedImage
 from mmsearch.results import ProgressFactory, RunSummary, Skipped
 
 if TYPE_CHECKING:  # the pipeline's job type; no import cycle at run time
@@ -124,64 +128,92 @@ def load_worker_encoder(spec: Any, device: str | None) -> EncoderLike:
 
 
 class ImageWorker:
-    """A Ray actor body: loads the encoder once, then decodes and encodes batches.
+    """A Ray actor body: loads the encoder once, then reads, decodes and encodes batches
+    as a local run does (:func:`indexer.reading.read_item` and the encoder's
+    :class:`~indexer.feed.ImageFeed`: on a GPU worker JPEGs are decoded on the GPU).
+
+    Each file is read once here and hashed on the bytes that are decoded: the digest the
+    driver stores is that of what was encoded, even when the file changed after the driver
+    hashed it (its planned digest would name content whose embedding is not the one
+    stored, and a later copy of that content would reuse the wrong embedding).
 
     Args:
         make_encoder: a picklable function returning the encoder (called once here).
         threads: decoding threads.
+        file_hash: the catalog's file hash (``Catalog.file_hash``).
     """
 
-    def __init__(self, make_encoder: Callable[[], EncoderLike], threads: int) -> None:
+    def __init__(
+        self, make_encoder: Callable[[], EncoderLike], threads: int, file_hash: str = "blake3"
+    ) -> None:
+        from indexer.feed import feed_for  # noqa: PLC0415 — worker side
+
         self.encoder = make_encoder()
+        self.feed = feed_for(self.encoder)
         self.threads = threads
+        self.file_hash = file_hash
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from mmsearch.media import draft_size, load_many  # noqa: PLC0415 — worker side
+        from indexer.reading import read_item  # noqa: PLC0415 — worker side
 
         paths = [str(p) for p in batch["path"]]
         n = len(paths)
-        ok = np.zeros(n, dtype=bool)
-        reason = np.full(n, "", dtype=object)
-        width = np.zeros(n, dtype=np.int64)
-        height = np.zeros(n, dtype=np.int64)
-        taken = np.full(n, np.nan, dtype=np.float64)
-        tensors, where = [], []
-        loaded = load_many(
-            paths,
-            transform=self.encoder.preprocess,
-            workers=self.threads,
-            draft_size=draft_size(self.encoder.image_size),
-            prefetch=max(1, n),
-        )
-        for k, (_, image, tensor, error) in enumerate(loaded):
+        with ThreadPoolExecutor(max_workers=max(1, self.threads)) as pool:
+            items = list(
+                pool.map(
+                    lambda k: read_item(k, paths[k], (), self.feed.prepare, self.file_hash),
+                    range(n),
+                )
+            )
+        prepared = [item for item in items if item.image is not None]
+        encoded = self.feed.encode([item.image for item in prepared]) if prepared else None  # type: ignore[misc]
+        out = _ImageResults(n, encoded.vectors.shape[1] if encoded is not None else 1)
+        for item in items:
+            out.digest[item.index] = item.digest or ""
+            if item.error is not None:
+                out.reason[item.index] = item.error.reason
+                out.unreadable[item.index] = item.unreadable
+        row = 0
+        for pos, item in enumerate(prepared):
+            assert encoded is not None and item.image is not None
+            error = encoded.failed.get(pos)
             if error is not None:
-                reason[k] = error.reason
+                out.reason[item.index] = error.reason
                 continue
-            ok[k] = True
-            width[k], height[k] = image.width, image.height
-            taken[k] = np.nan if image.taken is None else image.taken
-            tensors.append(tensor)
-            where.append(k)
-        vectors = self.encoder.encode_image_tensors(tensors) if tensors else None
-        dim = vectors.shape[1] if vectors is not None else 1
-        embedding = np.zeros((n, dim), dtype=np.float32)
-        if vectors is not None:
-            embedding[where] = vectors
-        return {
-            "i": np.asarray(batch["i"], dtype=np.int64),
-            "ok": ok,
-            "reason": reason,
-            "width": width,
-            "height": height,
-            "taken": taken,
-            "embedding": embedding,
-        }
+            out.add(item.index, item.image, encoded.vectors[row])
+            row += 1
+        return {"i": np.asarray(batch["i"], dtype=np.int64), **out.columns()}
+
+
+class _ImageResults:
+    """The columns an :class:`ImageWorker` returns for a batch of ``n`` files."""
+
+    def __init__(self, n: int, dim: int) -> None:
+        self.ok = np.zeros(n, dtype=bool)
+        self.unreadable = np.zeros(n, dtype=bool)  # not read at all: not remembered as bad
+        self.reason = np.full(n, "", dtype=object)
+        self.digest = np.full(n, "", dtype=object)
+        self.width = np.zeros(n, dtype=np.int64)
+        self.height = np.zeros(n, dtype=np.int64)
+        self.taken = np.full(n, np.nan, dtype=np.float64)
+        self.embedding = np.zeros((n, dim), dtype=np.float32)
+
+    def add(self, k: int, image: PreparedImage, vector: np.ndarray) -> None:
+        self.ok[k] = True
+        self.width[k], self.height[k] = image.width, image.height
+        self.taken[k] = np.nan if image.taken is None else image.taken
+        self.embedding[k] = vector
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return dict(vars(self))
 
 
 class TextWorker:
     """A Ray actor body: loads the encoder once, then encodes batches of texts."""
 
-    def __init__(self, make_encoder: Callable[[], EncoderLike], threads: int) -> None:
+    def __init__(
+        self, make_encoder: Callable[[], EncoderLike], threads: int, file_hash: str = ""
+    ) -> None:
         self.encoder = make_encoder()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -239,12 +271,15 @@ class RayEncoding:
                     job = jobs[k]
                     if not res["ok"]:
                         summary.skipped.append(Skipped(job.entry.path, res["reason"]))
-                        failed.append((job, res["reason"]))
+                        if not res["unreadable"]:  # gone or locked since: not a bad file
+                            failed.append((job, res["reason"]))
                         continue
+                    if res["digest"] != job.digest:
+                        logger.info("%s changed after it was hashed", job.entry.path)
                     taken = res["taken"]
                     rows.append(
                         {
-                            **_file_row(job.entry, job.digest),
+                            **_file_row(job.entry, str(res["digest"])),
                             "width": int(res["width"]),
                             "height": int(res["height"]),
                             "taken_at": job.entry.mtime_ns / 1e9 if np.isnan(taken) else taken,
@@ -314,7 +349,8 @@ class RayEncoding:
         make_encoder = self.make_encoder or partial(
             load_worker_encoder, spec, "cuda" if gpus else "cpu"
         )
-        results = self._map(ray, items, worker, make_encoder, workers, gpus)
+        args = (make_encoder, max(1, int(self.options.cpus_per_worker)), catalog.file_hash)
+        results = self._map(ray, items, worker, args, workers, gpus)
         yield from self._in_order(results, len(items))
 
     def _pool(self, ray: Any) -> tuple[int, float]:
@@ -336,11 +372,12 @@ class RayEncoding:
         ray: Any,
         items: list[dict[str, Any]],
         worker: type,
-        make_encoder: Callable[[], EncoderLike],
+        args: tuple[Any, ...],
         workers: int,
         gpus: float,
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Batches of results as they stream back from the actors (any order)."""
+        """Batches of results as they stream back from the actors (any order); ``args``
+        are the worker's constructor arguments."""
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the caller shows its own progress
         batch = self.options.batch_size
@@ -355,7 +392,7 @@ class RayEncoding:
             warnings.simplefilter("ignore", DeprecationWarning)
             out = ds.map_batches(
                 worker,
-                fn_constructor_args=(make_encoder, max(1, int(self.options.cpus_per_worker))),
+                fn_constructor_args=args,
                 batch_size=batch,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=workers),

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import TINY, TINY_DIM, noise_image
+from PIL import Image
 
 from mmsearch.catalog import Catalog
 from mmsearch.cli import cli
@@ -172,3 +173,102 @@ def test_ray_address_that_is_a_folder_is_refused_with_a_hint(
     result = CliRunner().invoke(cli, ["index", "--ray", folder, "--index", str(tmp_path / "i")])
     assert result.exit_code == ExitStatus.USAGE
     assert "not a Ray address" in result.output and "--ray=local" in result.output
+
+
+def test_a_file_changed_after_the_driver_hashed_it_is_stored_under_what_was_encoded(
+    ray_cluster: Any, catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver hashes a file to plan, a worker reads it again to encode: when the file
+    changed in between, the row must carry the hash of the bytes encoded. Under the planned
+    hash, a later copy of the old content would reuse the new content's embedding."""
+    from indexer import pipeline
+    from indexer.distributed import RayEncoding, RayOptions
+    from indexer.pipeline import index_images
+    from mmsearch.encoder import Encoder
+    from mmsearch.media import content_hash
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    before, after = noise_image(1), noise_image(2)
+    before.save(folder / "a.png")
+    noise_image(3).save(folder / "b.png")
+    old_bytes = (folder / "a.png").read_bytes()
+
+    def hash_then_change(path: Any, algorithm: str = "blake3") -> str:
+        digest = content_hash(path, algorithm=algorithm)
+        if Path(path).name == "a.png":
+            after.save(path)  # written after the driver hashed it, before a worker reads it
+        return digest
+
+    monkeypatch.setattr(pipeline, "content_hash", hash_then_change)
+    encoder = Encoder.load(TINY, device="cpu")
+    remote = RayEncoding(RayOptions(workers=1, batch_size=2))
+    summary = index_images(catalog, [folder], lambda: encoder, encode_jobs=remote.encode_images)
+    monkeypatch.undo()
+
+    assert summary.added == 2 and not summary.skipped
+    row = catalog.find_path(str(folder / "a.png"))
+    assert row is not None and row.content_hash != content_hash_of(old_bytes, catalog)
+    assert row.content_hash == content_hash(folder / "a.png", algorithm=catalog.file_hash)
+    _, stored = catalog.embeddings([row.id], TINY_DIM)
+    np.testing.assert_allclose(stored[0], encoder.encode_images([after])[0], atol=1e-3)
+
+    (folder / "copy.png").write_bytes(old_bytes)  # the content the driver had hashed
+    index_images(catalog, [folder], lambda: encoder)
+    copy = catalog.find_path(str(folder / "copy.png"))
+    assert copy is not None
+    _, stored = catalog.embeddings([copy.id], TINY_DIM)
+    np.testing.assert_allclose(stored[0], encoder.encode_images([before])[0], atol=1e-3)
+
+
+def content_hash_of(data: bytes, catalog: Catalog) -> str:
+    from mmsearch.media import content_hash
+
+    path = Path(catalog.path).parent / "bytes.bin"
+    path.write_bytes(data)
+    return content_hash(path, algorithm=catalog.file_hash)
+
+
+def test_a_worker_reads_and_decodes_as_a_local_run_the_device_path_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image worker decodes with the encoder's feed, as a local run does: with the
+    device JPEG path (a GPU worker's), exercised here on the CPU, JPEGs go to torchvision's
+    decoder and embed as Pillow's do; skip reasons are the same; a file gone since the
+    plan is told apart (not remembered as a bad file); digests are of the bytes read."""
+    from indexer.distributed import ImageWorker
+    from mmsearch import imagefeed
+    from mmsearch.encoder import Encoder
+    from mmsearch.imagefeed import TorchFeed
+    from mmsearch.media import content_hash
+
+    noise_image(5, (160, 120)).save(tmp_path / "a.jpg", quality=90)
+    noise_image(6).save(tmp_path / "b.png")
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    names = ["a.jpg", "b.png", "cut.jpg", "gone.jpg"]
+    batch = {"i": np.arange(4), "path": np.array([str(tmp_path / n) for n in names], object)}
+    encoder = Encoder.load(TINY, device="cpu")
+    pillow = ImageWorker(lambda: encoder, 2)
+    device = ImageWorker(lambda: encoder, 2)
+    device.feed = TorchFeed(encoder, gpu_jpeg=True)
+    decoded = []
+
+    def counting_decode(data: Any, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(len(data) if isinstance(data, list) else 1)
+        return real_decode(data, *args, **kwargs)
+
+    real_decode = imagefeed.decode_jpeg
+    monkeypatch.setattr(imagefeed, "decode_jpeg", counting_decode)
+    a, b = pillow(batch), device(batch)
+
+    assert sum(decoded) == 1  # a.jpg, by torchvision (only from the device worker)
+    assert list(a["ok"]) == list(b["ok"]) == [True, True, False, False]
+    assert list(a["unreadable"]) == list(b["unreadable"]) == [False, False, False, True]
+    assert list(a["reason"]) == list(b["reason"]) and a["reason"][2] and a["reason"][3]
+    assert a["digest"][0] == content_hash(tmp_path / "a.jpg") == b["digest"][0]
+    assert (a["width"][0], a["height"][0]) == (b["width"][0], b["height"][0]) == (160, 120)
+    cosines = (a["embedding"][:2] * b["embedding"][:2]).sum(axis=1)
+    assert cosines.min() >= 0.999, cosines
+    expected = encoder.encode_images([Image.open(tmp_path / n) for n in names[:2]])
+    np.testing.assert_allclose(a["embedding"][:2], expected, atol=1e-5)
