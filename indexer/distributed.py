@@ -37,7 +37,7 @@ import numpy as np
 from indexer.common import EncoderLike, load_encoder
 from mmsearch.catalog import Catalog
 from mmsearch.errors import DistributedError, RayUnavailableError
-from mmsearch.media import PreparedImage
+from mmsearch.media import EncodedImages, PreparedImage
 from mmsearch.results import ProgressFactory, RunSummary, Skipped
 
 if TYPE_CHECKING:  # the pipeline's job type; no import cycle at run time
@@ -166,7 +166,7 @@ class ImageWorker:
                 )
             )
         prepared = [item for item in items if item.image is not None]
-        encoded = self.feed.encode([item.image for item in prepared]) if prepared else None  # type: ignore[misc]
+        encoded = self._encode([item.image for item in prepared]) if prepared else None  # type: ignore[misc]
         out = _ImageResults(n, encoded.vectors.shape[1] if encoded is not None else 1)
         for item in items:
             out.digest[item.index] = item.digest or ""
@@ -183,6 +183,29 @@ class ImageWorker:
             out.add(item.index, item.image, encoded.vectors[row])
             row += 1
         return {"i": np.asarray(batch["i"], dtype=np.int64), **out.columns()}
+
+    def _encode(self, images: list[PreparedImage]) -> EncodedImages:
+        """The batch encoded on every device of this worker (a worker given several GPUs
+        has a feed lane on each), split into consecutive parts, results in batch order."""
+        lanes = min(self.feed.lanes, len(images))
+        if lanes <= 1:
+            return self.feed.encode(images)
+        size = -(-len(images) // lanes)
+        starts = list(range(0, len(images), size))
+        with ThreadPoolExecutor(max_workers=len(starts)) as pool:
+            parts = list(
+                pool.map(
+                    lambda lane, start: self.feed.encode(images[start : start + size], lane),
+                    range(len(starts)),
+                    starts,
+                )
+            )
+        failed = {
+            start + pos: error
+            for start, part in zip(starts, parts, strict=True)
+            for pos, error in part.failed.items()
+        }
+        return EncodedImages(np.concatenate([part.vectors for part in parts]), failed)
 
 
 class _ImageResults:

@@ -272,3 +272,54 @@ def test_a_worker_reads_and_decodes_as_a_local_run_the_device_path_included(
     assert cosines.min() >= 0.999, cosines
     expected = encoder.encode_images([Image.open(tmp_path / n) for n in names[:2]])
     np.testing.assert_allclose(a["embedding"][:2], expected, atol=1e-5)
+
+
+def test_a_worker_with_several_devices_encodes_on_each_and_keeps_the_batch_order(
+    tmp_path: Path,
+) -> None:
+    """A worker given several GPUs has a feed lane on each: its batch is split across
+    them (two lanes on the CPU here) and comes back in order, with a file the encoder
+    refuses (as the device decoder can) reported at its own position."""
+    from indexer.distributed import ImageWorker
+    from mmsearch.encoder import Encoder
+    from mmsearch.errors import InputError
+    from mmsearch.imagefeed import TorchFeed
+    from mmsearch.media import EncodedImages
+
+    names = [f"{i}.jpg" for i in range(6)]
+    names[4] = "refused.jpg"  # second in the second lane's part
+    for i, name in enumerate(names):
+        noise_image(20 + i, (120, 90)).save(tmp_path / name, quality=90)
+    batch = {"i": np.arange(6), "path": np.array([str(tmp_path / n) for n in names], object)}
+    encoder = Encoder.load(TINY, device="cpu")
+    lanes_used = []
+
+    def refusing(feed: TorchFeed) -> TorchFeed:
+        encode = feed.encode
+
+        def encode_but_refused(images: Any, lane: int = 0) -> EncodedImages:
+            lanes_used.append((id(feed), lane, len(images)))
+            refused = {
+                k: InputError(im.payload.path, "refused by the decoder")
+                for k, im in enumerate(images)
+                if im.payload.path.endswith("refused.jpg")
+            }
+            done = encode([im for k, im in enumerate(images) if k not in refused], lane)
+            return EncodedImages(done.vectors, refused)
+
+        feed.encode = encode_but_refused  # type: ignore[method-assign]
+        return feed
+
+    one, two = ImageWorker(lambda: encoder, 2), ImageWorker(lambda: encoder, 2)
+    one.feed = refusing(TorchFeed(encoder, gpu_jpeg=True))
+    two.feed = refusing(TorchFeed(encoder, devices=["cpu", "cpu"], gpu_jpeg=True))
+    a, b = one(batch), two(batch)
+
+    assert sorted((lane, n) for f, lane, n in lanes_used if f == id(two.feed)) == [(0, 3), (1, 3)]
+    assert list(a["ok"]) == list(b["ok"]) == [True, True, True, True, False, True]
+    assert list(a["reason"]) == list(b["reason"]) == [""] * 4 + ["refused by the decoder", ""]
+    np.testing.assert_allclose(b["embedding"], a["embedding"], atol=1e-6)
+    expected = encoder.encode_images([Image.open(tmp_path / n) for n in names])
+    np.testing.assert_allclose(
+        b["embedding"][[0, 1, 2, 3, 5]], expected[[0, 1, 2, 3, 5]], atol=1e-3
+    )
