@@ -7,7 +7,9 @@ changed items is handed to Ray Data. Each worker is an actor that loads the mode
 (``map_batches`` with an :class:`~ray.data.ActorPoolStrategy`), reads and decodes its batch
 of files as a local run does (the encoder's feed: JPEGs on the GPU of a GPU worker; a
 corrupt file comes back with the same skip reason a local run gives) and encodes it; each
-row is stored under the hash of the bytes the worker encoded.
+row is stored under the hash of the bytes the worker encoded. The driver hashes only the
+files that may hold stored content (those with the size of a stored item: renames and
+copies, reused without Ray); the others it does not read at all.
 Results stream back to the driver (``iter_batches``), which commits them in plan order,
 exactly as a local run would: same ids for the same paths, same skip reasons, and a second
 run finds nothing to encode.
@@ -132,10 +134,11 @@ class ImageWorker:
     as a local run does (:func:`indexer.reading.read_item` and the encoder's
     :class:`~indexer.feed.ImageFeed`: on a GPU worker JPEGs are decoded on the GPU).
 
-    Each file is read once here and hashed on the bytes that are decoded: the digest the
-    driver stores is that of what was encoded, even when the file changed after the driver
-    hashed it (its planned digest would name content whose embedding is not the one
-    stored, and a later copy of that content would reuse the wrong embedding).
+    Each file is read once here and hashed on the bytes that are decoded, and the driver
+    stores that digest. Most files reach a worker unhashed (the driver hashes only those
+    with the size of a stored item); for one the driver did hash and that changed before
+    the worker read it, the planned digest would name content whose embedding is not the
+    one stored (a later copy of that content would be given the wrong embedding).
 
     Args:
         make_encoder: a picklable function returning the encoder (called once here).
@@ -297,7 +300,7 @@ class RayEncoding:
                         if not res["unreadable"]:  # gone or locked since: not a bad file
                             failed.append((job, res["reason"]))
                         continue
-                    if res["digest"] != job.digest:
+                    if job.digest and res["digest"] != job.digest:
                         logger.info("%s changed after it was hashed", job.entry.path)
                     taken = res["taken"]
                     rows.append(

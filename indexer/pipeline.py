@@ -154,9 +154,10 @@ def index_images(
     kept = catalog.embeddings_by_hash("image", {old.content_hash for old in changed.values()})
     outcome = _Outcome()
     stored_hashes = {r.content_hash for r in records}
-    if to_read and encode_jobs is not None:  # distributed: the driver hashes, Ray encodes
+    if to_read and encode_jobs is not None:  # distributed: Ray reads, hashes and encodes
+        stored_sizes = {r.size for r in records}
         outcome.known, jobs = _plan_remote(
-            to_read, changed, stored_hashes, budget, summary, catalog.file_hash
+            to_read, changed, stored_hashes, stored_sizes, budget, summary, catalog.file_hash
         )
         # encode_jobs lists the files that failed to decode in summary.skipped itself
         failed = encode_jobs(catalog, jobs, get_encoder, progress, summary) if jobs else []
@@ -187,30 +188,40 @@ def _plan_remote(
     entries: list[FileEntry],
     changed: dict[FileEntry, KnownFile],
     stored_hashes: set[str],
+    stored_sizes: set[int | None],
     budget: ThreadBudget,
     summary: RunSummary,
     file_hash: str,
 ) -> tuple[dict[str, str], list[_Job]]:
-    """For a distributed run: hash every file here (with the catalog's ``file_hash``: the
-    catalog decides what is new), and split them into content already stored (path ->
-    hash) and jobs for the workers. Unreadable files go to ``summary.skipped``."""
+    """For a distributed run: split the files into content already stored (path -> hash)
+    and jobs for the workers, in plan order.
 
-    def one(entry: FileEntry) -> tuple[FileEntry, str | None, str | None]:
+    Only a file with the size of a stored item can hold stored content: those are hashed
+    here (with the catalog's ``file_hash``), so a rename or a copy is stored without
+    encoding, or starting Ray at all. The others go to the workers unhashed (``digest``
+    empty): a worker reads each once, hashing the bytes it decodes, and the driver reads
+    none of them. Files unreadable here go to ``summary.skipped``."""
+
+    def one(entry: FileEntry) -> tuple[str | None, str | None]:
         try:
-            return entry, content_hash(entry.path, algorithm=file_hash), None
+            return content_hash(entry.path, algorithm=file_hash), None
         except InputError as exc:
-            return entry, None, exc.reason
+            return None, exc.reason
 
+    unsized = None in stored_sizes  # a row without its size: any file may match it
+    to_hash = [e for e in entries if unsized or e.size in stored_sizes]
+    with ThreadPoolExecutor(max_workers=budget.decoders) as pool:
+        hashed = dict(zip(to_hash, pool.map(one, to_hash), strict=True))
     known: dict[str, str] = {}
     jobs: list[_Job] = []
-    with ThreadPoolExecutor(max_workers=budget.decoders) as pool:
-        for entry, digest, reason in pool.map(one, entries):
-            if digest is None:
-                summary.skipped.append(Skipped(entry.path, reason or "cannot read"))
-            elif digest in stored_hashes:
-                known[entry.path] = digest
-            else:
-                jobs.append(_Job(entry, digest, changed.get(entry)))
+    for entry in entries:
+        digest, reason = hashed.get(entry, ("", None))
+        if digest is None:
+            summary.skipped.append(Skipped(entry.path, reason or "cannot read"))
+        elif digest in stored_hashes:
+            known[entry.path] = digest
+        else:
+            jobs.append(_Job(entry, digest, changed.get(entry)))
     return known, jobs
 
 

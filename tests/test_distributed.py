@@ -178,9 +178,10 @@ def test_ray_address_that_is_a_folder_is_refused_with_a_hint(
 def test_a_file_changed_after_the_driver_hashed_it_is_stored_under_what_was_encoded(
     ray_cluster: Any, catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The driver hashes a file to plan, a worker reads it again to encode: when the file
-    changed in between, the row must carry the hash of the bytes encoded. Under the planned
-    hash, a later copy of the old content would reuse the new content's embedding."""
+    """The driver hashes a file with the size of a stored item (it may be a copy), and a
+    worker reads it again to encode: when the file changed in between, the row must carry
+    the hash of the bytes encoded. Under the planned hash, a later copy of the old content
+    would reuse the new content's embedding. (BMPs of one size have one file size.)"""
     from indexer import pipeline
     from indexer.distributed import RayEncoding, RayOptions
     from indexer.pipeline import index_images
@@ -189,36 +190,98 @@ def test_a_file_changed_after_the_driver_hashed_it_is_stored_under_what_was_enco
 
     folder = tmp_path / "shots"
     folder.mkdir()
+    encoder = Encoder.load(TINY, device="cpu")
+    noise_image(3).save(folder / "x.bmp")
+    index_images(catalog, [folder], lambda: encoder)
     before, after = noise_image(1), noise_image(2)
-    before.save(folder / "a.png")
-    noise_image(3).save(folder / "b.png")
-    old_bytes = (folder / "a.png").read_bytes()
+    before.save(folder / "a.bmp")  # the size of x.bmp: the driver hashes it
+    old_bytes = (folder / "a.bmp").read_bytes()
+    hashed = []
 
     def hash_then_change(path: Any, algorithm: str = "blake3") -> str:
         digest = content_hash(path, algorithm=algorithm)
-        if Path(path).name == "a.png":
-            after.save(path)  # written after the driver hashed it, before a worker reads it
+        hashed.append(Path(path).name)
+        after.save(path)  # written after the driver hashed it, before a worker reads it
         return digest
 
     monkeypatch.setattr(pipeline, "content_hash", hash_then_change)
-    encoder = Encoder.load(TINY, device="cpu")
     remote = RayEncoding(RayOptions(workers=1, batch_size=2))
     summary = index_images(catalog, [folder], lambda: encoder, encode_jobs=remote.encode_images)
     monkeypatch.undo()
 
-    assert summary.added == 2 and not summary.skipped
-    row = catalog.find_path(str(folder / "a.png"))
+    assert hashed == ["a.bmp"] and summary.added == 1 and not summary.skipped
+    row = catalog.find_path(str(folder / "a.bmp"))
     assert row is not None and row.content_hash != content_hash_of(old_bytes, catalog)
-    assert row.content_hash == content_hash(folder / "a.png", algorithm=catalog.file_hash)
+    assert row.content_hash == content_hash(folder / "a.bmp", algorithm=catalog.file_hash)
     _, stored = catalog.embeddings([row.id], TINY_DIM)
     np.testing.assert_allclose(stored[0], encoder.encode_images([after])[0], atol=1e-3)
 
-    (folder / "copy.png").write_bytes(old_bytes)  # the content the driver had hashed
+    (folder / "copy.bmp").write_bytes(old_bytes)  # the content the driver had hashed
     index_images(catalog, [folder], lambda: encoder)
-    copy = catalog.find_path(str(folder / "copy.png"))
+    copy = catalog.find_path(str(folder / "copy.bmp"))
     assert copy is not None
     _, stored = catalog.embeddings([copy.id], TINY_DIM)
     np.testing.assert_allclose(stored[0], encoder.encode_images([before])[0], atol=1e-3)
+
+
+def test_the_driver_reads_only_files_that_may_be_stored_content(
+    ray_cluster: Any, catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new file whose size no stored item has cannot be stored content: the driver
+    leaves it to a worker, which reads it once. A rename and a copy (sizes that are stored)
+    are hashed by the driver and stored without encoding; a run of renames alone does not
+    start Ray."""
+    from indexer import pipeline
+    from indexer.distributed import RayEncoding, RayOptions
+    from indexer.pipeline import index_images
+    from mmsearch.encoder import Encoder
+    from mmsearch.media import content_hash
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for i, size in enumerate([(96, 72), (80, 60), (64, 48)]):
+        noise_image(40 + i, size).save(folder / f"p{i}.png")
+    hashed: list[str] = []
+    ray_runs: list[int] = []
+
+    def counting_hash(path: Any, algorithm: str = "blake3") -> str:
+        hashed.append(Path(path).name)
+        return content_hash(path, algorithm=algorithm)
+
+    monkeypatch.setattr(pipeline, "content_hash", counting_hash)
+    remote = RayEncoding(RayOptions(workers=1, batch_size=2))
+
+    def encode_jobs(catalog: Catalog, jobs: Any, *args: Any) -> Any:
+        ray_runs.append(len(jobs))
+        return remote.encode_images(catalog, jobs, *args)
+
+    encoder = Encoder.load(TINY, device="cpu")
+    first = index_images(catalog, [folder], lambda: encoder, encode_jobs=encode_jobs)
+    assert (first.added, hashed, ray_runs) == (3, [], [3])  # nothing stored: nothing hashed
+    ids = {Path(r.path or "").name: r.id for r in catalog.image_files()}
+    digests = {r.content_hash for r in catalog.image_files()}
+    assert digests == {content_hash(folder / f"p{i}.png") for i in range(3)}  # the workers'
+
+    (folder / "p0.png").rename(folder / "moved.png")
+    (folder / "copy.png").write_bytes((folder / "p1.png").read_bytes())
+    noise_image(50, (120, 90)).save(folder / "new.png")
+    stored_sizes = {r.size for r in catalog.image_files()}
+    assert (folder / "new.png").stat().st_size not in stored_sizes
+    second = index_images(catalog, [folder], lambda: encoder, encode_jobs=encode_jobs)
+    assert sorted(hashed) == ["copy.png", "moved.png"] and ray_runs == [3, 1]
+    assert (second.added, second.reused) == (1, 2) and not second.skipped
+    moved, new = (
+        catalog.find_path(str(folder / "moved.png")),
+        catalog.find_path(str(folder / "new.png")),
+    )
+    assert moved is not None and new is not None and moved.id == ids["p0.png"]
+    _, stored = catalog.embeddings([new.id], TINY_DIM)
+    expected = encoder.encode_images([noise_image(50, (120, 90))])[0]
+    np.testing.assert_allclose(stored[0], expected, atol=1e-3)
+
+    (folder / "moved.png").rename(folder / "again.png")
+    third = index_images(catalog, [folder], lambda: encoder, encode_jobs=encode_jobs)
+    assert (third.reused, third.added, ray_runs) == (1, 0, [3, 1])  # no Ray for a rename
 
 
 def content_hash_of(data: bytes, catalog: Catalog) -> str:
