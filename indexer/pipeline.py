@@ -218,7 +218,7 @@ def _plan_remote(
         digest, reason = hashed.get(entry, ("", None))
         if digest is None:
             summary.skipped.append(Skipped(entry.path, reason or "cannot read"))
-        elif digest in stored_hashes:
+        elif digest and digest in stored_hashes:
             known[entry.path] = digest
         else:
             jobs.append(_Job(entry, digest, changed.get(entry)))
