@@ -237,9 +237,7 @@ class _ImageResults:
 class TextWorker:
     """A Ray actor body: loads the encoder once, then encodes batches of texts."""
 
-    def __init__(
-        self, make_encoder: Callable[[], EncoderLike], threads: int, file_hash: str = ""
-    ) -> None:
+    def __init__(self, make_encoder: Callable[[], EncoderLike], threads: int) -> None:
         self.encoder = make_encoder()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -291,7 +289,7 @@ class RayEncoding:
         failed: list[tuple[_Job, str]] = []
         bar = progress(len(jobs), "encoding images on Ray")
         try:
-            for done in self._run(catalog, get_encoder, items, ImageWorker):
+            for done in self._run(catalog, get_encoder, items, ImageWorker, (catalog.file_hash,)):
                 rows, replaced = [], []
                 for k, res in done:
                     job = jobs[k]
@@ -364,9 +362,11 @@ class RayEncoding:
         get_encoder: Callable[[], EncoderLike],
         items: list[dict[str, Any]],
         worker: type,
+        extra: tuple[Any, ...] = (),
     ) -> Iterator[list[tuple[int, dict[str, Any]]]]:
-        """Run ``worker`` over ``items`` on Ray; yield the results in item order, in groups
-        of about a batch, each item exactly once."""
+        """Run ``worker`` over ``items`` on Ray (constructed with the encoder factory, its
+        threads and ``extra``); yield the results in item order, in groups of about a
+        batch, each item exactly once."""
         # The driver claims the model in the catalog before anything is committed, as a
         # local run does; by default the workers load the same model spec.
         spec = load_encoder(catalog, get_encoder).spec  # type: ignore[attr-defined]
@@ -375,7 +375,7 @@ class RayEncoding:
         make_encoder = self.make_encoder or partial(
             load_worker_encoder, spec, "cuda" if gpus else "cpu"
         )
-        args = (make_encoder, max(1, int(self.options.cpus_per_worker)), catalog.file_hash)
+        args = (make_encoder, max(1, int(self.options.cpus_per_worker)), *extra)
         results = self._map(ray, items, worker, args, workers, gpus)
         yield from self._in_order(results, len(items))
 
