@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..server.command import serve_cmd
 from . import (  # noqa: F401 - imported for the commands they register
+    assistants,
     dups,
     indexing,
     labels,

@@ -57,6 +57,7 @@ from ..zeroshot import DEFAULT_TEMPLATES, DEFAULT_THRESHOLD, DEFAULT_TOP, tag_li
 from ..zeroshot import classify as classify_images
 from .common import TARGETS, QueryEncoder, _writer
 from .conversations import ConversationMethods
+from .exchange import ExchangeMethods
 from .languages import LanguageMethods
 from .runtimes import RuntimeMethods
 
@@ -77,7 +78,7 @@ def _ray_encoding(options: RayOptions) -> RayEncoding:
     return RayEncoding(options)
 
 
-class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
+class Index(LanguageMethods, ConversationMethods, RuntimeMethods, ExchangeMethods):
     """An mmsearch index stored in one directory.
 
     Use :meth:`open` to get one; close it (or use it as a context manager) when done.
