@@ -138,3 +138,64 @@ def test_mcp_over_stdio(shapes: ShapesIndex, tmp_path: Path) -> None:
     assert all(h["id"] != out["inside"]["item_id"] for h in out["inside"]["hits"])
     assert out["status"]["images"] == len(shapes.captions)
     assert out["too_many"].is_error  # 10 thumbnails asked: at most 8 per call
+
+
+@pytest.mark.slow  # the shapes index (shared with the stdio test) and a live server
+def test_mcp_over_http_behind_the_token(
+    shapes: ShapesIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+    from serve_util import live_server
+
+    from mmsearch.server.command import build_app
+
+    monkeypatch.setenv("MMSEARCH_QUERY_RUNTIME", "torch")
+    token = "s3cret-token"
+    app = build_app(shapes.index_dir, "127.0.0.1", token)
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (32, 32), (220, 40, 40)).save(outside)
+
+    async def session_calls(url: str, headers: dict[str, str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        http = create_mcp_http_client(headers=headers)
+        async with (
+            streamable_http_client(url, http_client=http) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            out["tools"] = {t.name for t in (await session.list_tools()).tools}
+            out["search"] = text_json(await call(session, "search", query="a red circle", k=5))
+            out["thumb"] = await call(
+                session, "thumbnails", item_ids=[out["search"]["hits"][0]["id"]]
+            )
+            out["outside"] = await call(session, "search_by_image", path=str(outside))
+        return out
+
+    with live_server(app) as base:
+        url = f"{base}/mcp"
+        init = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "0"},
+            },
+        }
+        accept = {"accept": "application/json, text/event-stream"}
+        assert httpx.post(url, json=init, headers=accept).status_code == 401
+        wrong = {**accept, "authorization": "Bearer nope"}
+        assert httpx.post(url, json=init, headers=wrong).status_code == 401
+        evil = {**accept, "authorization": f"Bearer {token}", "host": "evil.example"}
+        assert httpx.post(url, json=init, headers=evil).status_code == 421
+        out = anyio.run(session_calls, url, {"authorization": f"Bearer {token}"})
+    assert out["tools"] >= TOOLS
+    hits = out["search"]["hits"]
+    assert shapes.caption(hits[0]["path"]) == "a red circle"
+    assert red_circles(shapes, hits) >= 4
+    images = [c for c in out["thumb"].content if c.type == "image"]
+    assert len(images) == 1 and images[0].mime_type == "image/jpeg"
+    assert out["outside"].is_error and "not an indexed file" in out["outside"].content[0].text

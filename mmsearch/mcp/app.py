@@ -208,8 +208,15 @@ def http_app(library: Library) -> tuple[ASGI, Callable[[], AbstractAsyncContextM
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
     manager = server.session_manager
+    return _Endpoint(manager), manager.run
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await manager.handle_request(scope, receive, send)
 
-    return app, manager.run
+class _Endpoint:
+    """The transport as an ASGI app (an object, not a function: Starlette's ``Route``
+    calls a plain function with a Request, an ASGI object with scope, receive, send)."""
+
+    def __init__(self, manager: Any) -> None:
+        self._manager = manager
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self._manager.handle_request(scope, receive, send)

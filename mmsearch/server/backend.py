@@ -77,6 +77,11 @@ class Backend:
     def path(self) -> Path:
         return self.index.path
 
+    @property
+    def lock(self) -> threading.Lock:
+        """The lock that serialises searches (other doors to the index share it)."""
+        return self._lock
+
     def warm_up(self) -> None:
         """Load the model and each modality's vector index (nothing while empty)."""
         with self._lock:

@@ -4,6 +4,7 @@ start without paying for them."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 from pathlib import Path
@@ -84,8 +85,10 @@ def build_app(
     token: str | None,
     allowed_hosts: tuple[str, ...] = (),
     device: str | None = None,
+    mcp: bool = True,
 ) -> Any:
-    """Open the index (model loaded once, now) and build the app for a ``host`` bind."""
+    """Open the index (model loaded once, now) and build the app for a ``host`` bind
+    (with the MCP endpoint at ``/mcp`` unless ``mcp`` is False)."""
     # Lazy: FastAPI, torch and the index are only loaded when serving (start-up time).
     from ..errors import MMSearchError
     from ..status import MMSearchException
@@ -106,7 +109,12 @@ def build_app(
         max_body=MAX_UPLOAD_BYTES + 64 * 1024,  # the image plus the multipart framing
         any_ip=host in ("0.0.0.0", "::"),
     )
-    return create_app(backend, policy)
+    app = create_app(backend, policy)
+    if mcp and importlib.util.find_spec("mcp") is not None:  # the assistants extra
+        from .assistants import mount_mcp
+
+        mount_mcp(app, backend)
+    return app
 
 
 def _url(host: str, port: int, token: str | None) -> str:
