@@ -25,7 +25,9 @@ def mount_mcp(app: Any, backend: Backend) -> None:
 
     handler, run = http_app(Library(backend.index, backend.lock))
     # Before the static mount at "/", which would otherwise answer first.
-    app.router.routes.insert(0, Route(MCP_PATH, endpoint=handler, methods=["GET", "POST", "DELETE"]))
+    app.router.routes.insert(
+        0, Route(MCP_PATH, endpoint=handler, methods=["GET", "POST", "DELETE"])
+    )
     inner = app.router.lifespan_context
 
     @asynccontextmanager
