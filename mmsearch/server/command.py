@@ -41,6 +41,13 @@ ENV_TOKEN = "MMSEARCH_TOKEN"
     help="Extra host name the server answers for (e.g. photos.lan); repeatable.",
 )
 @click.option("--device", help="cpu, cuda, cuda:1 … [default: cuda when available].")
+@click.option(
+    "--allow-origin",
+    "allow_origins",
+    multiple=True,
+    help="Origin of another site whose pages may call this server (CORS), e.g. the "
+    "clip-retrieval front end's http://127.0.0.1:8080; repeatable.",
+)
 def serve_cmd(
     index_dir: Path | None,
     host: str,
@@ -49,6 +56,7 @@ def serve_cmd(
     token: str | None,
     allowed_hosts: tuple[str, ...],
     device: str | None,
+    allow_origins: tuple[str, ...] = (),
 ) -> None:
     """Serve a web page and a JSON API to search the index (until Ctrl-C).
 
@@ -70,7 +78,7 @@ def serve_cmd(
     # work burn the cores the other requests need (measured: bench/serve.py). Must be set
     # before faiss loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    app = build_app(index_dir, host, token, allowed_hosts, device)
+    app = build_app(index_dir, host, token, allowed_hosts, device, origins=allow_origins)
     url = _url(host, port, token)
     click.echo(f"mmsearch: serving {app.state.backend.path} at {url}")
     if token:
@@ -86,6 +94,7 @@ def build_app(
     allowed_hosts: tuple[str, ...] = (),
     device: str | None = None,
     mcp: bool = True,
+    origins: tuple[str, ...] = (),
 ) -> Any:
     """Open the index (model loaded once, now) and build the app for a ``host`` bind
     (with the MCP endpoint at ``/mcp`` unless ``mcp`` is False)."""
@@ -108,8 +117,12 @@ def build_app(
         token=token or None,
         max_body=MAX_UPLOAD_BYTES + 64 * 1024,  # the image plus the multipart framing
         any_ip=host in ("0.0.0.0", "::"),
+        origins=frozenset(o.rstrip("/").lower() for o in origins),
     )
     app = create_app(backend, policy)
+    from .assistants import add_clip_api
+
+    add_clip_api(app, backend)  # clip-retrieval's back-end API
     if mcp and importlib.util.find_spec("mcp") is not None:  # the assistants extra
         from .assistants import mount_mcp
 

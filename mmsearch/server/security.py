@@ -58,6 +58,11 @@ class Policy:
     token: str | None = None
     max_body: int = 20 * 1024 * 1024
     any_ip: bool = False
+    origins: frozenset[str] = frozenset()  # other sites' origins allowed (CORS): the user's
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """Whether ``origin`` is one the user allowed (``--allow-origin``), exactly."""
+        return bool(origin) and origin.rstrip("/").lower() in self.origins
 
     def host_ok(self, host: str) -> bool:
         name = host_name(host)
@@ -132,7 +137,20 @@ class SecurityMiddleware:
         if not ok:
             await _send_json(send, 413, f"request body over {self.policy.max_body:,} bytes")
             return
-        await self.app(scope, _replay(body, receive), _with_headers(send))
+        await self.app(
+            scope, _replay(body, receive), _with_headers(send, self._cors(scope, headers))
+        )
+
+    def _cors(self, scope: Scope, headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+        """CORS headers for an allowed origin's request; and, while any origin is allowed,
+        thumbnails embeddable by other sites (their pages show them as <img>)."""
+        extra: list[tuple[bytes, bytes]] = []
+        origin = headers.get("origin")
+        if self.policy.origin_allowed(origin):
+            extra += [(b"access-control-allow-origin", origin.encode()), (b"vary", b"origin")]
+        if self.policy.origins and scope["path"].endswith("/thumbnail"):
+            extra.append((b"cross-origin-resource-policy", b"cross-origin"))
+        return extra
 
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
         host = headers.get("host")
@@ -141,7 +159,9 @@ class SecurityMiddleware:
         if not self.policy.host_ok(host):
             return 421, f"this server does not answer for host {host!r}"
         origin = headers.get("origin")
-        if origin and origin != "null" and not self.policy.host_ok(urlsplit(origin).netloc):
+        if self.policy.origin_allowed(origin):
+            pass  # a site the user allowed: CORS headers are added to its answers
+        elif origin and origin != "null" and not self.policy.host_ok(urlsplit(origin).netloc):
             return 403, "cross-origin requests are not allowed"
         if self.policy.token and scope["path"] not in OPEN_PATHS:
             if not _authorised(headers, self.policy.token) and _query_token(scope) is None:
@@ -223,11 +243,14 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def _with_headers(send: Send) -> Send:
+def _with_headers(send: Send, first: Iterable[tuple[bytes, bytes]] = ()) -> Send:
+    own = list(first)  # these win over HEADERS (e.g. a cross-origin resource policy)
+
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
             present = {k.lower() for k, _ in message.get("headers", [])}
-            extra = [(k, v) for k, v in HEADERS if k not in present]
+            present |= {k for k, _ in own}
+            extra = own + [(k, v) for k, v in HEADERS if k not in present]
             message = {**message, "headers": [*message.get("headers", []), *extra]}
         await send(message)
 
