@@ -41,8 +41,8 @@ from indexer.reading import (
     take_batch,
 )
 from indexer.scan import FileEntry, KnownFile, plan_changes, plan_remembered, scan
-from mmsearch.catalog import Catalog, ItemRecord, SkipRecord
-from mmsearch.catalog_base import to_blobs
+from mmsearch.catalog import Catalog
+from mmsearch.catalog_base import ItemRecord, SkipRecord, to_blobs
 from mmsearch.config import cpu_cores
 from mmsearch.errors import InputError
 from mmsearch.media import (

@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..catalog import ItemRecord
+from ..catalog_base import ItemRecord
 from ..errors import QueryError
 from ..index import TARGETS, Index
 from ..query import Query
