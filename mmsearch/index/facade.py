@@ -27,6 +27,7 @@ from ..ann.upkeep import check as check_derived
 from ..catalog_base import ItemRecord, from_blobs
 from ..catalog_reader import CatalogReader
 from ..errors import (
+    FileGoneError,
     IndexNotFoundError,
     InputError,
     ItemNotFoundError,
@@ -53,6 +54,8 @@ from ..results import (
 )
 from ..runtime import QueryRuntime
 from ..search import combine, search_filtered
+from ..sources.files import IndexedFile, open_indexed
+from ..sources.thumbnails import cached_thumbnail, make_thumbnail, thumb_size
 from ..zeroshot import DEFAULT_TEMPLATES, DEFAULT_THRESHOLD, DEFAULT_TOP, tag_library
 from ..zeroshot import classify as classify_images
 from .common import TARGETS, QueryEncoder, _writer
@@ -625,6 +628,40 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
         if record is None:
             raise ItemNotFoundError(item_id)
         return record
+
+    def open_item_file(self, item_id: int) -> IndexedFile:
+        """The file of item ``item_id``, opened, if it is still the content that was
+        indexed (see :func:`mmsearch.sources.files.open_indexed`): read its bytes from the
+        returned object (and close it), never from the path.
+
+        Raises:
+            ItemNotFoundError: no such item.
+            FileGoneError: it has no file (a text), or the file is gone.
+            FileChangedError: the file is not the indexed content any more.
+        """
+        rec = self.item(item_id)
+        if rec.modality != "image" or not rec.path:
+            raise FileGoneError(item_id, "a text item has no file")
+        return open_indexed(
+            rec.id, rec.path, rec.size, rec.mtime_ns, rec.content_hash, self._reads.file_hash
+        )
+
+    def thumbnail(self, item_id: int, size: int = 256) -> Path:
+        """A JPEG thumbnail of item ``item_id`` (longest side ``size`` rounded up to one of
+        :data:`~mmsearch.sources.thumbnails.THUMB_SIZES`), cached in the index directory by
+        content hash and made only from the verified file.
+
+        Raises:
+            ItemNotFoundError, FileGoneError, FileChangedError: as :meth:`open_item_file`.
+            QueryError: the file cannot be decoded.
+        """
+        rec = self.item(item_id)
+        side = thumb_size(size)
+        target = cached_thumbnail(self.path, rec.id, rec.content_hash, side)
+        if target.exists():  # made from this very content before
+            return target
+        with self.open_item_file(item_id) as source:
+            return make_thumbnail(source, target, side)
 
     def search_item(
         self,
