@@ -94,6 +94,7 @@ def index_images(
     retry_skipped: bool = False,
     encode_jobs: JobEncoder | None = None,
     image_size: int | None = None,
+    follow_outside: bool = True,
 ) -> RunSummary:
     """Bring the catalog's images under ``roots`` up to date with the disk.
 
@@ -122,6 +123,8 @@ def index_images(
             (after installing a decoder, say).
         encode_jobs: encodes and commits the planned jobs elsewhere instead of here
             (:meth:`indexer.distributed.RayEncoding.encode_images`: on a Ray cluster).
+        follow_outside: follow symbolic links that lead outside every root (they are
+            counted in the summary either way).
         image_size: the model's input side when known without loading it
             (``mmsearch.models.input_size``): files are then decoded while the model loads
             in a thread of its own. It must be the loaded encoder's ``image_size`` (the
@@ -135,8 +138,9 @@ def index_images(
     budget = thread_budget(workers=workers)
     summary = RunSummary()
 
-    found = scan(roots, exclude=exclude)
+    found = scan(roots, exclude=exclude, stay_inside=not follow_outside)
     summary.skipped.extend(Skipped(p, r) for p, r in found.errors)
+    summary.links_outside, summary.links_refused = found.links_outside, found.links_refused
     records = catalog.image_files()
     known = [
         KnownFile(r.id, r.path or "", r.size or 0, r.mtime_ns or 0, r.content_hash) for r in records

@@ -48,6 +48,11 @@ from .app import (
     help="Try again files remembered as undecodable (e.g. after installing mmsearch[formats]).",
 )
 @click.option(
+    "--no-follow-outside",
+    is_flag=True,
+    help="Do not follow symbolic links that lead outside the folders given.",
+)
+@click.option(
     "--index-type",
     type=click.Choice(["auto", "flat", "ivfpq"]),
     help="ANN index: auto (exact while small, IVF-PQ beyond), flat or ivfpq. Kept.",
@@ -98,6 +103,7 @@ def index_cmd(
     workers: int | None,
     reembed: bool,
     retry_skipped: bool,
+    no_follow_outside: bool,
     index_type: str | None,
     memory_budget: str | None,
     recall_target: float | None,
@@ -138,6 +144,7 @@ def index_cmd(
             progress=_progress(not obj["quiet"]),
             retry_skipped=retry_skipped,
             ray=ray,
+            follow_outside=not no_follow_outside,
         )
     _print_summary(summary, as_json)
 
@@ -191,6 +198,22 @@ def _print_summary(summary: Any, as_json: bool) -> None:
     )
     if summary.truncated:
         click.echo(f"{summary.truncated} texts were cut to the model's context length", err=True)
+    if summary.links_outside:
+        how = (
+            "not followed (--no-follow-outside)"
+            if summary.links_refused
+            else "followed (--no-follow-outside refuses them)"
+        )
+        click.echo(
+            f"{summary.links_outside} symbolic links lead outside the folders given: {how}",
+            err=True,
+        )
+    if summary.replaced_lines:
+        click.echo(
+            f"{summary.replaced_lines} text lines had bytes that are not UTF-8 "
+            "(read with replacement characters)",
+            err=True,
+        )
     for item in summary.skipped:
         again = " (remembered: unchanged since it failed)" if item.remembered else ""
         echo_skipped(item.path, item.reason, again)

@@ -255,10 +255,12 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
         progress: ProgressFactory | None = None,
         retry_skipped: bool = False,
         ray: RayOptions | None = None,
+        follow_outside: bool = True,
     ) -> RunSummary:
         """Index (or bring up to date) the images under ``paths``. Files that could not be
         decoded before and did not change since are not read again, unless
-        ``retry_skipped``.
+        ``retry_skipped``. Symbolic links that lead outside ``paths`` are followed (and
+        counted in ``links_outside``) unless ``follow_outside`` is False.
 
         Returns a :class:`RunSummary`: counts of added, updated, unchanged, removed and
         reused items, and the files skipped with their reasons. With ``ray``, the planned
@@ -277,6 +279,7 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
             workers=workers,
             progress=progress,
             retry_skipped=retry_skipped,
+            follow_outside=follow_outside,
             encode_jobs=_ray_encoding(ray).encode_images if ray else None,
             # Known without loading the model: files are decoded while it loads.
             image_size=None if self._encoder is not None else input_size(self._spec()),
@@ -314,6 +317,7 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
         result = read_text_sources(paths, column=column, field=field)
         summary = self._add_text_records(result.records, progress, ray)
         summary.skipped.extend(Skipped(src, reason) for src, reason in result.skipped)
+        summary.replaced_lines += result.replaced
         return summary
 
     @_writer
@@ -385,6 +389,7 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
         progress: ProgressFactory | None = None,
         retry_skipped: bool = False,
         ray: RayOptions | None = None,
+        follow_outside: bool = True,
     ) -> RunSummary:
         """Everything ``mmsearch index`` does, in its order: re-embed with the requested
         model (first: nothing else may touch a catalog whose re-embed is pending), apply
@@ -404,6 +409,7 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
                 progress=progress,
                 retry_skipped=retry_skipped,
                 ray=ray,
+                follow_outside=follow_outside,
             )
         if text_files:
             total += self.add_text_files(
