@@ -30,10 +30,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    from serve_util import live_server
+
     import mmsearch
     from mmsearch.server.app import create_app
     from mmsearch.server.backend import Backend
-    from serve_util import live_server
 
     with tempfile.TemporaryDirectory() as tmp:
         photos = Path(tmp) / "photos"
