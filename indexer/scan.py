@@ -76,11 +76,6 @@ def pseudo_mounts(mountinfo: str = "/proc/self/mountinfo") -> frozenset[str]:
     return frozenset(found)
 
 
-def _under(path: str, folders: Collection[str]) -> bool:
-    """Whether ``path`` is one of ``folders`` or lies below one."""
-    return any(path == f or path.startswith(f.rstrip("/") + "/") for f in folders)
-
-
 @dataclass(frozen=True)
 class KnownFile:
     """A file recorded by an earlier run (e.g. a catalog row)."""
@@ -147,9 +142,9 @@ class _Walker:
         self.visited_dirs: set[tuple[int, int]] = set()
         self.files: dict[str, FileEntry] = {}  # real path -> first entry seen
         self.errors: list[tuple[str, str]] = []
-        self.pseudo = pseudo
+        self.pseudo = [_dir_prefix(p) for p in pseudo]
         self.stay_inside = stay_inside
-        self.roots: list[str] = []  # real paths of the roots
+        self.roots: list[str] = []  # real paths of the roots, as prefixes (_dir_prefix)
         self.outside: set[str] = set()  # links leading outside every root
         self.refused = 0
 
@@ -300,7 +295,7 @@ def scan(
     walker = _Walker(
         (*DEFAULT_EXCLUDES, *exclude), exts, follow_symlinks, pseudo_mounts(), stay_inside
     )
-    walker.roots = [os.path.realpath(os.path.abspath(os.fspath(r))) for r in roots]
+    walker.roots = [_dir_prefix(os.path.realpath(os.path.abspath(os.fspath(r)))) for r in roots]
     for raw in roots:
         root = os.path.abspath(os.fspath(raw))
         if not os.path.exists(root):

@@ -121,3 +121,18 @@ def test_lines_that_are_not_utf8_are_counted_and_reported(tmp_path: Path) -> Non
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "2 text lines had bytes that are not UTF-8" in out.stderr
+
+
+def test_a_folder_named_like_a_pseudo_mount_or_a_root_is_not_taken_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/procfoo is not under /proc, and photos2 is not inside photos."""
+    root = tmp_path / "photos"
+    _png(root / "a.png")
+    _png(tmp_path / "procfoo" / "b.png", 1)
+    _png(tmp_path / "photos2" / "c.png", 2)
+    (root / "odd").symlink_to(tmp_path / "procfoo")
+    (root / "next").symlink_to(tmp_path / "photos2")
+    monkeypatch.setattr(scan_module, "pseudo_mounts", lambda: frozenset({str(tmp_path / "proc")}))
+    found = scan([root])
+    assert len(found.files) == 3 and found.links_outside == 2
