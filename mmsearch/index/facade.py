@@ -167,9 +167,13 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
         if catalog is None:
             from ..catalog import Catalog
 
-            if db.exists():
+            if db.exists() and _has_content(db):
                 catalog = Catalog(db)
-            else:  # two processes creating one index: the second must find the schema made
+            else:
+                # Two processes creating one index (a watcher and a user's run): whoever
+                # creates it holds the writer lock until the schema is written, and the
+                # other waits for it here — a catalog still empty (0 bytes) is one being
+                # created, not a damaged one, until the lock says its creator is done.
                 with lock:
                     catalog = Catalog(db)
         index = cls(directory, catalog, spec, device, lock)
@@ -888,6 +892,15 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
             ],
             text_encoders=[e.to_dict() for e in self.text_encoders()],
         )
+
+
+def _has_content(db: Path) -> bool:
+    """Whether the catalog file holds anything (or its write-ahead log does)."""
+    wal = db.with_name(db.name + "-wal")
+    try:
+        return db.stat().st_size > 0 or (wal.exists() and wal.stat().st_size > 0)
+    except FileNotFoundError:
+        return False
 
 
 def _merge(own: Filters, extra: Filters | None) -> Filters:
