@@ -40,11 +40,13 @@ from indexer.reading import (
     read_item,
     take_batch,
 )
+from indexer.roots import PRUNE_MIN, PRUNE_SHARE, judge_roots, under_any
+from indexer.roots import records as root_records
 from indexer.scan import FileEntry, KnownFile, plan_changes, plan_remembered, scan
 from mmsearch.catalog import Catalog
 from mmsearch.catalog_base import ItemRecord, SkipRecord, to_blobs
 from mmsearch.config import cpu_cores
-from mmsearch.errors import InputError
+from mmsearch.errors import InputError, PruneRequired
 from mmsearch.media import (
     EncodedImages,
     FileBytes,
@@ -95,6 +97,7 @@ def index_images(
     encode_jobs: JobEncoder | None = None,
     image_size: int | None = None,
     follow_outside: bool = True,
+    prune: bool = False,
 ) -> RunSummary:
     """Bring the catalog's images under ``roots`` up to date with the disk.
 
@@ -125,6 +128,8 @@ def index_images(
             (:meth:`indexer.distributed.RayEncoding.encode_images`: on a Ray cluster).
         follow_outside: follow symbolic links that lead outside every root (they are
             counted in the summary either way).
+        prune: remove what is not there even where a root looks offline (missing, empty,
+            its drive unmounted: see :mod:`indexer.roots`), and however many items that is.
         image_size: the model's input side when known without loading it
             (``mmsearch.models.input_size``): files are then decoded while the model loads
             in a thread of its own. It must be the loaded encoder's ``image_size`` (the
@@ -138,14 +143,27 @@ def index_images(
     budget = thread_budget(workers=workers)
     summary = RunSummary()
 
-    found = scan(roots, exclude=exclude, stay_inside=not follow_outside)
+    given = [os.path.abspath(os.fspath(r)) for r in roots]
+    previous = {r.path: r for r in catalog.roots()}
+    missing = [r for r in given if not os.path.exists(r)]
+    for root in missing:
+        if root not in previous and not catalog.count_under(root):
+            raise InputError(root, "no such file or directory")
+    found = scan(
+        [r for r in given if r not in missing], exclude=exclude, stay_inside=not follow_outside
+    )
     summary.skipped.extend(Skipped(p, r) for p, r in found.errors)
     summary.links_outside, summary.links_refused = found.links_outside, found.links_refused
+    states = judge_roots(given, {f.path for f in found.files}, previous, catalog.count_under, prune)
+    offline = [s.path for s in states if not s.online]
+    summary.offline.extend(Skipped(s.path, s.reason) for s in states if not s.online)
     records = catalog.image_files()
     known = [
-        KnownFile(r.id, r.path or "", r.size or 0, r.mtime_ns or 0, r.content_hash) for r in records
+        KnownFile(r.id, r.path or "", r.size or 0, r.mtime_ns or 0, r.content_hash)
+        for r in records
+        if not (offline and under_any(r.path or "", offline))  # kept as they are
     ]
-    plan = plan_changes(found.files, known, roots)
+    plan = plan_changes(found.files, known, [r for r in given if r not in offline])
     summary.scanned = len(found.files)
     summary.unchanged = len(plan.unchanged)
     memory = _recall_skipped(catalog, plan.new, roots, retry_skipped, summary)
@@ -180,12 +198,26 @@ def index_images(
 
     # A changed file that no longer decodes takes its old item along: a search must not
     # find the picture that was there before.
+    if not prune:
+        _refuse_mass_removal(plan.gone, given, catalog.count_under)
     gone = [k.id for k in plan.gone] + [job.old.id for job, _ in failed if job.old is not None]
     summary.removed += catalog.remove(gone) if gone else 0
+    catalog.save_roots(root_records(states, catalog.count_under))
     _update_skipped(catalog, memory, failed)
     backfill_dates(catalog, budget.decoders)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _refuse_mass_removal(
+    gone: Sequence[KnownFile], roots: Sequence[str], items_under: Callable[[str], int]
+) -> None:
+    """Stop before removing more than a share of a root's items (see indexer.roots)."""
+    for root in roots:
+        removing = sum(1 for k in gone if under_any(k.path, [root]))
+        held = items_under(root)
+        if removing > PRUNE_MIN and removing > PRUNE_SHARE * held:
+            raise PruneRequired(root, removing, held)
 
 
 def _plan_remote(

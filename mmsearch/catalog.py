@@ -44,6 +44,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from .catalog_base import (
     FILE_HASH,
     ExampleFile,
+    RootRecord,
     SessionRecord,
     SkipRecord,
     TurnRecord,
@@ -153,6 +154,21 @@ class SkippedFile(Base):
     size: Mapped[int] = mapped_column(Integer)
     mtime_ns: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
+
+
+class Root(Base):
+    """A folder indexed (v4): its device and mount, how many items it held, and whether
+    the last run could see it — a root it could not see is offline, its items kept."""
+
+    __tablename__ = "roots"
+
+    path: Mapped[str] = mapped_column(FsText, primary_key=True)
+    device: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    mount_point: Mapped[str | None] = mapped_column(FsText, nullable=True)
+    items: Mapped[int] = mapped_column(Integer, default=0)
+    online: Mapped[int] = mapped_column(Integer, default=1)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    checked_at: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class SearchSession(Base):
@@ -518,6 +534,22 @@ class Catalog(CatalogReads):
         s.connection().exec_driver_sql(sql, list(zip(*columns, strict=True)))
 
     # -- files that could not be indexed -------------------------------------------------
+
+    def save_roots(self, records: Iterable[RootRecord]) -> None:
+        """Record the roots a run looked at (replacing what was known of them)."""
+        with self.session() as s, s.begin():
+            for r in records:
+                s.merge(
+                    Root(
+                        path=r.path,
+                        device=r.device,
+                        mount_point=r.mount_point,
+                        items=r.items,
+                        online=int(r.online),
+                        reason=r.reason,
+                        checked_at=r.checked_at,
+                    )
+                )
 
     def remember_skipped(self, records: Iterable[SkipRecord]) -> None:
         """Remember (or update) bad files."""

@@ -29,6 +29,7 @@ import numpy as np
 from .catalog_base import (
     LEGACY_FILE_HASH,
     ItemRecord,
+    RootRecord,
     SkipRecord,
     decode_path,
     encode_path,
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 #: test holds them equal). A catalog of any other version is opened by the ORM instead.
 SCHEMA_VERSION = 4
 #: Tables the schema of :data:`SCHEMA_VERSION` has.
-TABLES = frozenset({"items", "meta", "tags", "skipped_files"})
+TABLES = frozenset({"items", "meta", "tags", "skipped_files", "roots"})
 #: Columns of an :class:`~mmsearch.catalog_base.ItemRecord`, in its field order.
 _RECORD_COLUMNS = (
     "id, modality, path, text, source, size, mtime_ns, content_hash, width, height, taken_at"
@@ -196,6 +197,10 @@ class CatalogReads:
         for tag in filters.tags:
             where.append("id IN (SELECT item_id FROM tags WHERE tag = ?)")
             params.append(tag)
+        for folder in filters.exclude_under:  # offline roots' items, unless asked for
+            prefix = folder.rstrip("/") + "/"
+            where.append("(path IS NULL OR substr(path, 1, ?) != ?)")
+            params.extend((len(prefix), encode_path(prefix)))
         sql = f"SELECT id FROM items WHERE {' AND '.join(where)} ORDER BY id"
         rows = self._all(sql, params)
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -223,6 +228,29 @@ class CatalogReads:
         """Every remembered bad file, by path."""
         sql = "SELECT path, size, mtime_ns, reason FROM skipped_files ORDER BY path"
         return [SkipRecord(*row) for row in self._all(sql)]
+
+    def roots(self) -> list[RootRecord]:
+        """Every folder indexed, as the last run saw it, by path."""
+        sql = (
+            "SELECT path, device, mount_point, items, online, reason, checked_at "
+            "FROM roots ORDER BY path"
+        )
+        return [
+            RootRecord(decode_path(p) or "", d, decode_path(m), int(n or 0), bool(o), r or "", t)
+            for p, d, m, n, o, r, t in self._all(sql)
+        ]
+
+    def offline_roots(self) -> list[str]:
+        """The folders the last run could not see: their items are kept, and left out of
+        results unless asked for."""
+        rows = self._all("SELECT path FROM roots WHERE online = 0 ORDER BY path")
+        return [decode_path(p) or "" for (p,) in rows]
+
+    def count_under(self, folder: str) -> int:
+        """Image items whose path lies under ``folder``."""
+        prefix = folder.rstrip("/") + "/"
+        sql = "SELECT count(*) FROM items WHERE modality = 'image' AND substr(path, 1, ?) = ?"
+        return int(self._all(sql, (len(prefix), encode_path(prefix)))[0][0])
 
     def image_files(self) -> list[ItemRecord]:
         """Every image item, without embeddings."""

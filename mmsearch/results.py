@@ -115,6 +115,8 @@ class RunSummary:
         links_refused: of those, not followed (``--no-follow-outside``).
         replaced_lines: text lines (or records) with bytes that are not UTF-8, read with
             replacement characters.
+        offline: folders the run could not see (missing, empty, unmounted), with why:
+            their items were kept, not removed.
         engine: what encoded the run here: ``onnx`` (the model's exported towers),
             ``torch:cpu``, ``torch:cuda``…; empty when nothing was encoded here. Two runs
             summed with different engines give both, joined by ``+``.
@@ -134,6 +136,7 @@ class RunSummary:
     links_outside: int = 0
     links_refused: int = 0
     replaced_lines: int = 0
+    offline: list[Skipped] = field(default_factory=list)
     engine: str = ""
 
     def __add__(self, other: RunSummary) -> RunSummary:
@@ -201,6 +204,8 @@ class IndexInfo:
     skipped_files: list[Skipped] = field(default_factory=list)  # remembered bad files
     # extra text encoders (taught languages), as mmsearch.languages.TextEncoderInfo dicts
     text_encoders: list[dict[str, Any]] = field(default_factory=list)
+    # folders indexed: path, online, reason, items (mmsearch.catalog_base.RootRecord)
+    roots: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

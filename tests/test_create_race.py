@@ -24,7 +24,7 @@ def _race(tmp_path: Path, rounds: int) -> None:
         runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for _ in range(2)]  # fmt: skip
         outs = [r.communicate(timeout=300) for r in runs]
-        for run, (out, err) in zip(runs, outs, strict=True):
+        for run, (_, err) in zip(runs, outs, strict=True):
             assert run.returncode == 0, err
         summaries = sorted((json.loads(out) for out, _ in outs), key=lambda s: -s["added"])
         assert summaries[0]["added"] == 3, summaries

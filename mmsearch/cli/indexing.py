@@ -14,6 +14,7 @@ from .app import (
     _progress,
     cli,
     echo_skipped,
+    escape,
     handle_errors,
     index_option,
     json_option,
@@ -46,6 +47,12 @@ from .app import (
     "--retry-skipped",
     is_flag=True,
     help="Try again files remembered as undecodable (e.g. after installing mmsearch[formats]).",
+)
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Remove what is not there, even where a folder looks offline (missing, empty, "
+    "unmounted) or most of its items are gone.",
 )
 @click.option(
     "--no-follow-outside",
@@ -104,6 +111,7 @@ def index_cmd(
     reembed: bool,
     retry_skipped: bool,
     no_follow_outside: bool,
+    prune: bool,
     index_type: str | None,
     memory_budget: str | None,
     recall_target: float | None,
@@ -145,6 +153,7 @@ def index_cmd(
             retry_skipped=retry_skipped,
             ray=ray,
             follow_outside=not no_follow_outside,
+            prune=prune,
         )
     _print_summary(summary, as_json)
 
@@ -188,6 +197,7 @@ def _where_time_went(summary: Any) -> str:
 
 
 def _print_summary(summary: Any, as_json: bool) -> None:
+    _warn(summary)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
         return
@@ -198,6 +208,19 @@ def _print_summary(summary: Any, as_json: bool) -> None:
     )
     if summary.truncated:
         click.echo(f"{summary.truncated} texts were cut to the model's context length", err=True)
+    for item in summary.skipped:
+        again = " (remembered: unchanged since it failed)" if item.remembered else ""
+        echo_skipped(item.path, item.reason, again)
+
+
+def _warn(summary: Any) -> None:
+    """What a run must say on stderr whatever the output format."""
+    for root in summary.offline:
+        click.echo(
+            f"offline: {escape(root.path)} ({root.reason}): its items are kept, and left out "
+            "of results unless --include-offline; --prune removes them",
+            err=True,
+        )
     if summary.links_outside:
         how = (
             "not followed (--no-follow-outside)"
@@ -214,6 +237,3 @@ def _print_summary(summary: Any, as_json: bool) -> None:
             "(read with replacement characters)",
             err=True,
         )
-    for item in summary.skipped:
-        again = " (remembered: unchanged since it failed)" if item.remembered else ""
-        echo_skipped(item.path, item.reason, again)

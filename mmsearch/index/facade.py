@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from ..ann.faiss_index import VectorIndex
 from ..ann.policy import choose_spec
 from ..ann.upkeep import Upkeep
 from ..ann.upkeep import check as check_derived
-from ..catalog_base import ItemRecord, from_blobs
+from ..catalog_base import ItemRecord, RootRecord, from_blobs
 from ..catalog_reader import CatalogReader
 from ..errors import (
     FileGoneError,
@@ -260,11 +261,15 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
         retry_skipped: bool = False,
         ray: RayOptions | None = None,
         follow_outside: bool = True,
+        prune: bool = False,
     ) -> RunSummary:
         """Index (or bring up to date) the images under ``paths``. Files that could not be
         decoded before and did not change since are not read again, unless
         ``retry_skipped``. Symbolic links that lead outside ``paths`` are followed (and
-        counted in ``links_outside``) unless ``follow_outside`` is False.
+        counted in ``links_outside``) unless ``follow_outside`` is False. A folder that
+        cannot be seen (missing, empty where it held items, its drive unmounted) is offline:
+        its items are kept and the summary's ``offline`` says why; ``prune`` removes what is
+        not there instead (see :mod:`indexer.roots`).
 
         Returns a :class:`RunSummary`: counts of added, updated, unchanged, removed and
         reused items, and the files skipped with their reasons. With ``ray``, the planned
@@ -284,6 +289,7 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
             progress=progress,
             retry_skipped=retry_skipped,
             follow_outside=follow_outside,
+            prune=prune,
             encode_jobs=_ray_encoding(ray).encode_images if ray else None,
             # Known without loading the model: files are decoded while it loads.
             image_size=None if self._encoder is not None else input_size(self._spec()),
@@ -394,6 +400,7 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
         retry_skipped: bool = False,
         ray: RayOptions | None = None,
         follow_outside: bool = True,
+        prune: bool = False,
     ) -> RunSummary:
         """Everything ``mmsearch index`` does, in its order: re-embed with the requested
         model (first: nothing else may touch a catalog whose re-embed is pending), apply
@@ -414,6 +421,7 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
                 retry_skipped=retry_skipped,
                 ray=ray,
                 follow_outside=follow_outside,
+                prune=prune,
             )
         if text_files:
             total += self.add_text_files(
@@ -616,17 +624,29 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
         keeper = self._upkeep()
         if keeper is None:  # cannot happen: model_info was checked by the caller
             return []
+        filters = self._without_offline(filters or Filters())
         return search_filtered(
             self._reads,
             vi,
             vector,
             k,
             keeper.fetch,
-            filters or Filters(),
+            filters,
             exclude=exclude,
             nprobe=nprobe,
             query_modality=query_modality,
         )
+
+    def _without_offline(self, filters: Filters) -> Filters:
+        """``filters`` that also leave out the items of offline roots (unless asked)."""
+        if filters.include_offline:
+            return filters
+        offline = tuple(self._reads.offline_roots())
+        return replace(filters, exclude_under=offline) if offline else filters
+
+    def roots(self) -> list[RootRecord]:
+        """The folders indexed, as the last run saw them (online or offline, and why)."""
+        return self._reads.roots()
 
     def item(self, item_id: int) -> ItemRecord:
         """The catalog record of one item.
@@ -891,6 +911,7 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
                 Skipped(r.path, r.reason, remembered=True) for r in self._reads.skipped_files()
             ],
             text_encoders=[e.to_dict() for e in self.text_encoders()],
+            roots=[asdict(r) for r in self._reads.roots()],
         )
 
 
