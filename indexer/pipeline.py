@@ -61,6 +61,9 @@ from mmsearch.results import ProgressFactory, RunSummary, Skipped, no_progress
 
 logger = logging.getLogger(__name__)
 
+#: Days an item that left the index stays in the trash (``mmsearch gc`` empties it sooner).
+TRASH_DAYS = 30
+
 #: Encodes and commits planned jobs, returning those that failed to decode with the reason
 #: (the signature of :meth:`indexer.distributed.RayEncoding.encode_images`).
 JobEncoder = Callable[..., "list[tuple[_Job, str]]"]
@@ -175,7 +178,8 @@ def index_images(
     # old content found later still needs those embeddings.
     kept = catalog.embeddings_by_hash("image", {old.content_hash for old in changed.values()})
     outcome = _Outcome()
-    stored_hashes = {r.content_hash for r in records}
+    # Content in the trash counts as stored: it comes back without being decoded.
+    stored_hashes = {r.content_hash for r in records} | catalog.trash_hashes()
     if to_read and encode_jobs is not None:  # distributed: Ray reads, hashes and encodes
         stored_sizes = {r.size for r in records}
         outcome.known, jobs = _plan_remote(
@@ -203,6 +207,7 @@ def index_images(
     gone = [k.id for k in plan.gone] + [job.old.id for job, _ in failed if job.old is not None]
     summary.removed += catalog.remove(gone) if gone else 0
     catalog.save_roots(root_records(states, catalog.count_under))
+    catalog.empty_trash(older_than=TRASH_DAYS * 86400)
     _update_skipped(catalog, memory, failed)
     backfill_dates(catalog, budget.decoders)
     summary.seconds = time.perf_counter() - started
@@ -355,6 +360,7 @@ def _reuse_stored(
     gone_by_hash: dict[str, KnownFile] = {}
     for k in plan.gone:
         gone_by_hash.setdefault(k.content_hash, k)
+    _restore_trashed(catalog, plan, digests, gone_by_hash, summary)
     stored = {**kept, **catalog.embeddings_by_hash("image", set(digests.values()))}
 
     renames: list[tuple[int, dict[str, Any]]] = []
@@ -380,6 +386,42 @@ def _reuse_stored(
         _copy_dims(records, copies)
         catalog.apply(add=copies, remove=changed_reused, updates=renames, new_ids=False)
         summary.reused += len(renames) + len(copies)
+
+
+def _restore_trashed(
+    catalog: Catalog,
+    plan: Any,
+    digests: dict[str, str],
+    gone_by_hash: dict[str, KnownFile],
+    summary: RunSummary,
+) -> None:
+    """Files whose content is in the trash (removed by an earlier run) come back under the
+    item's old id, with its embedding and tags, and are taken out of ``digests`` (a second
+    copy of that content is then an ordinary copy of stored content)."""
+    stored = set(catalog.embeddings_by_hash("image", set(digests.values())))
+    wanted = {d for d in digests.values() if d not in stored and d not in gone_by_hash}
+    trashed = catalog.trashed(wanted) if wanted else {}
+    if not trashed:
+        return
+    restores: list[tuple[int, dict[str, Any]]] = []
+    replaced: list[int] = []
+    candidates = [(e, None) for e in plan.new] + [(e, old) for e, old in plan.changed]
+    for entry, old in candidates:
+        digest = digests.get(entry.path)
+        if digest is None or digest not in trashed:
+            continue
+        row = _file_row(entry, digest)
+        row.pop("modality"), row.pop("content_hash")
+        restores.append((trashed.pop(digest), row))
+        del digests[entry.path]
+        if old is not None:
+            replaced.append(old.id)
+            plan.changed.remove((entry, old))
+    if replaced:
+        catalog.remove(replaced)
+    catalog.restore(restores)
+    summary.reused += len(restores)
+    logger.info("restored %d items from the trash without encoding", len(restores))
 
 
 def _copy_dims(records: list[ItemRecord], copies: list[dict[str, Any]]) -> None:

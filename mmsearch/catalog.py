@@ -171,6 +171,26 @@ class Root(Base):
     checked_at: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+class Trash(Base):
+    """An image item that left the index (v4), kept with its embedding and tags for a
+    while: the same content coming back — under any path — is restored under its old id
+    without encoding, and search sessions that marked it still resolve."""
+
+    __tablename__ = "trash"
+    __table_args__ = (Index("ix_trash_hash", "content_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the item's old id
+    modality: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str | None] = mapped_column(FsText)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    taken_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    tags: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[tag, score], …]
+    removed_at: Mapped[float] = mapped_column(Float)
+
+
 class SearchSession(Base):
     """A named search session (v3): what its turns are searched with and against."""
 
@@ -484,6 +504,7 @@ class Catalog(CatalogReads):
             for chunk in _chunks(touched, 500):
                 modalities.update(s.scalars(select(Item.modality).where(Item.id.in_(chunk))))
             for chunk in _chunks(removed, 500):
+                _to_trash(s, chunk, now)
                 s.execute(delete(Item).where(Item.id.in_(chunk)))
                 s.execute(delete(Tag).where(Tag.item_id.in_(chunk)))
             for item_id, values in changes:
@@ -534,6 +555,37 @@ class Catalog(CatalogReads):
         s.connection().exec_driver_sql(sql, list(zip(*columns, strict=True)))
 
     # -- files that could not be indexed -------------------------------------------------
+
+    def restore(self, rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Bring trashed items back under their old ids with new file columns (path,
+        size, mtime_ns …), their embedding, size and tags as they were — one transaction."""
+        if not rows:
+            return
+        now = time.time()
+        with self.session() as s, s.begin():
+            for old_id, values in rows:
+                t = s.get(Trash, old_id)
+                if t is None:
+                    raise CatalogWriteError(f"item {old_id} is not in the trash")
+                s.add(
+                    Item(
+                        id=old_id, modality=t.modality, content_hash=t.content_hash,
+                        width=t.width, height=t.height, taken_at=t.taken_at,
+                        embedding=t.embedding, added_at=now, **values,
+                    )
+                )  # fmt: skip
+                s.add_all(Tag(item_id=old_id, tag=tag, score=sc) for tag, sc in json.loads(t.tags))
+                s.delete(t)
+            self._bump(s, {"image"})
+
+    def empty_trash(self, older_than: float | None = None) -> int:
+        """Forget trashed items removed more than ``older_than`` seconds ago (all: None);
+        returns how many."""
+        stmt = delete(Trash)
+        if older_than is not None:
+            stmt = stmt.where(Trash.removed_at < time.time() - older_than)
+        with self.session() as s, s.begin():
+            return int(s.execute(stmt).rowcount or 0)
 
     def save_roots(self, records: Iterable[RootRecord]) -> None:
         """Record the roots a run looked at (replacing what was known of them)."""
@@ -674,6 +726,30 @@ class Catalog(CatalogReads):
         """Delete session ``name`` with its turns; returns whether it existed."""
         with self.session() as s, s.begin():
             return _delete_session(s, name)
+
+
+def _to_trash(s: Session, ids: Sequence[int], now: float) -> None:
+    """Keep the image items about to be deleted (rows, tags) in the trash."""
+    rows = s.execute(
+        select(Item.id, Item.modality, Item.path, Item.content_hash, Item.width, Item.height,
+               Item.taken_at, Item.embedding)
+        .where(Item.id.in_(ids), Item.modality == "image")
+    ).all()  # fmt: skip
+    if not rows:
+        return
+    tags: dict[int, list[tuple[str, float]]] = {}
+    for item_id, tag, score in s.execute(
+        select(Tag.item_id, Tag.tag, Tag.score).where(Tag.item_id.in_(ids))
+    ):
+        tags.setdefault(item_id, []).append((tag, score))
+    for r in rows:
+        s.merge(
+            Trash(
+                id=r.id, modality=r.modality, path=r.path, content_hash=r.content_hash,
+                width=r.width, height=r.height, taken_at=r.taken_at, embedding=r.embedding,
+                tags=json.dumps(tags.get(r.id, [])), removed_at=now,
+            )
+        )  # fmt: skip
 
 
 def _delete_session(s: Session, name: str) -> bool:

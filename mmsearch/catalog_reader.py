@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 #: test holds them equal). A catalog of any other version is opened by the ORM instead.
 SCHEMA_VERSION = 4
 #: Tables the schema of :data:`SCHEMA_VERSION` has.
-TABLES = frozenset({"items", "meta", "tags", "skipped_files", "roots"})
+TABLES = frozenset({"items", "meta", "tags", "skipped_files", "roots", "trash"})
 #: Columns of an :class:`~mmsearch.catalog_base.ItemRecord`, in its field order.
 _RECORD_COLUMNS = (
     "id, modality, path, text, source, size, mtime_ns, content_hash, width, height, taken_at"
@@ -228,6 +228,24 @@ class CatalogReads:
         """Every remembered bad file, by path."""
         sql = "SELECT path, size, mtime_ns, reason FROM skipped_files ORDER BY path"
         return [SkipRecord(*row) for row in self._all(sql)]
+
+    def trashed(self, hashes: Iterable[str]) -> dict[str, int]:
+        """For each content hash in the trash, the old id of one item that held it (the
+        most recently removed)."""
+        out: dict[str, int] = {}
+        for chunk in _chunks(sorted(set(hashes))):
+            sql = (
+                "SELECT content_hash, id FROM trash "
+                f"WHERE content_hash IN ({_marks(chunk)}) ORDER BY removed_at"
+            )
+            out.update(self._all(sql, chunk))
+        return out
+
+    def trash_hashes(self) -> set[str]:
+        return {h for (h,) in self._all("SELECT content_hash FROM trash")}
+
+    def trash_count(self) -> int:
+        return int(self._all("SELECT count(*) FROM trash")[0][0])
 
     def roots(self) -> list[RootRecord]:
         """Every folder indexed, as the last run saw it, by path."""

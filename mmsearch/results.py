@@ -206,6 +206,7 @@ class IndexInfo:
     text_encoders: list[dict[str, Any]] = field(default_factory=list)
     # folders indexed: path, online, reason, items (mmsearch.catalog_base.RootRecord)
     roots: list[dict[str, Any]] = field(default_factory=list)
+    trash: int = 0  # items that left the index, kept for their return (mmsearch gc)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

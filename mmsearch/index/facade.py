@@ -644,6 +644,13 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
         offline = tuple(self._reads.offline_roots())
         return replace(filters, exclude_under=offline) if offline else filters
 
+    @_writer
+    def gc(self, older_than_days: float | None = None) -> int:
+        """Empty the trash (items removed more than ``older_than_days`` ago; all: None):
+        a file coming back after that is encoded again. Returns how many were forgotten."""
+        older = None if older_than_days is None else older_than_days * 86400
+        return self.catalog.empty_trash(older_than=older)
+
     def roots(self) -> list[RootRecord]:
         """The folders indexed, as the last run saw them (online or offline, and why)."""
         return self._reads.roots()
@@ -912,6 +919,7 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods):
             ],
             text_encoders=[e.to_dict() for e in self.text_encoders()],
             roots=[asdict(r) for r in self._reads.roots()],
+            trash=self._reads.trash_count(),
         )
 
 
