@@ -40,11 +40,13 @@ from indexer.reading import (
     read_item,
     take_batch,
 )
+from indexer.roots import PRUNE_MIN, PRUNE_SHARE, judge_roots, under_any
+from indexer.roots import records as root_records
 from indexer.scan import FileEntry, KnownFile, plan_changes, plan_remembered, scan
-from mmsearch.catalog import Catalog, ItemRecord, SkipRecord
-from mmsearch.catalog_base import to_blobs
+from mmsearch.catalog import Catalog
+from mmsearch.catalog_base import ItemRecord, SkipRecord, to_blobs
 from mmsearch.config import cpu_cores
-from mmsearch.errors import InputError
+from mmsearch.errors import InputError, PruneRequired
 from mmsearch.media import (
     EncodedImages,
     FileBytes,
@@ -58,6 +60,9 @@ from mmsearch.media import (
 from mmsearch.results import ProgressFactory, RunSummary, Skipped, no_progress
 
 logger = logging.getLogger(__name__)
+
+#: Days an item that left the index stays in the trash (``mmsearch gc`` empties it sooner).
+TRASH_DAYS = 30
 
 #: Encodes and commits planned jobs, returning those that failed to decode with the reason
 #: (the signature of :meth:`indexer.distributed.RayEncoding.encode_images`).
@@ -94,6 +99,8 @@ def index_images(
     retry_skipped: bool = False,
     encode_jobs: JobEncoder | None = None,
     image_size: int | None = None,
+    follow_outside: bool = True,
+    prune: bool = False,
 ) -> RunSummary:
     """Bring the catalog's images under ``roots`` up to date with the disk.
 
@@ -122,6 +129,10 @@ def index_images(
             (after installing a decoder, say).
         encode_jobs: encodes and commits the planned jobs elsewhere instead of here
             (:meth:`indexer.distributed.RayEncoding.encode_images`: on a Ray cluster).
+        follow_outside: follow symbolic links that lead outside every root (they are
+            counted in the summary either way).
+        prune: remove what is not there even where a root looks offline (missing, empty,
+            its drive unmounted: see :mod:`indexer.roots`), and however many items that is.
         image_size: the model's input side when known without loading it
             (``mmsearch.models.input_size``): files are then decoded while the model loads
             in a thread of its own. It must be the loaded encoder's ``image_size`` (the
@@ -135,13 +146,27 @@ def index_images(
     budget = thread_budget(workers=workers)
     summary = RunSummary()
 
-    found = scan(roots, exclude=exclude)
+    given = [os.path.abspath(os.fspath(r)) for r in roots]
+    previous = {r.path: r for r in catalog.roots()}
+    missing = [r for r in given if not os.path.exists(r)]
+    for root in missing:
+        if root not in previous and not catalog.count_under(root):
+            raise InputError(root, "no such file or directory")
+    found = scan(
+        [r for r in given if r not in missing], exclude=exclude, stay_inside=not follow_outside
+    )
     summary.skipped.extend(Skipped(p, r) for p, r in found.errors)
+    summary.links_outside, summary.links_refused = found.links_outside, found.links_refused
+    states = judge_roots(given, {f.path for f in found.files}, previous, catalog.count_under, prune)
+    offline = [s.path for s in states if not s.online]
+    summary.offline.extend(Skipped(s.path, s.reason) for s in states if not s.online)
     records = catalog.image_files()
     known = [
-        KnownFile(r.id, r.path or "", r.size or 0, r.mtime_ns or 0, r.content_hash) for r in records
+        KnownFile(r.id, r.path or "", r.size or 0, r.mtime_ns or 0, r.content_hash)
+        for r in records
+        if not (offline and under_any(r.path or "", offline))  # kept as they are
     ]
-    plan = plan_changes(found.files, known, roots)
+    plan = plan_changes(found.files, known, [r for r in given if r not in offline])
     summary.scanned = len(found.files)
     summary.unchanged = len(plan.unchanged)
     memory = _recall_skipped(catalog, plan.new, roots, retry_skipped, summary)
@@ -153,7 +178,8 @@ def index_images(
     # old content found later still needs those embeddings.
     kept = catalog.embeddings_by_hash("image", {old.content_hash for old in changed.values()})
     outcome = _Outcome()
-    stored_hashes = {r.content_hash for r in records}
+    # Content in the trash counts as stored: it comes back without being decoded.
+    stored_hashes = {r.content_hash for r in records} | catalog.trash_hashes()
     if to_read and encode_jobs is not None:  # distributed: Ray reads, hashes and encodes
         stored_sizes = {r.size for r in records}
         outcome.known, jobs = _plan_remote(
@@ -176,12 +202,27 @@ def index_images(
 
     # A changed file that no longer decodes takes its old item along: a search must not
     # find the picture that was there before.
+    if not prune:
+        _refuse_mass_removal(plan.gone, given, catalog.count_under)
     gone = [k.id for k in plan.gone] + [job.old.id for job, _ in failed if job.old is not None]
     summary.removed += catalog.remove(gone) if gone else 0
+    catalog.save_roots(root_records(states, catalog.count_under))
+    catalog.empty_trash(older_than=TRASH_DAYS * 86400)
     _update_skipped(catalog, memory, failed)
     backfill_dates(catalog, budget.decoders)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _refuse_mass_removal(
+    gone: Sequence[KnownFile], roots: Sequence[str], items_under: Callable[[str], int]
+) -> None:
+    """Stop before removing more than a share of a root's items (see indexer.roots)."""
+    for root in roots:
+        removing = sum(1 for k in gone if under_any(k.path, [root]))
+        held = items_under(root)
+        if removing > PRUNE_MIN and removing > PRUNE_SHARE * held:
+            raise PruneRequired(root, removing, held)
 
 
 def _plan_remote(
@@ -319,6 +360,7 @@ def _reuse_stored(
     gone_by_hash: dict[str, KnownFile] = {}
     for k in plan.gone:
         gone_by_hash.setdefault(k.content_hash, k)
+    _restore_trashed(catalog, plan, digests, gone_by_hash, summary)
     stored = {**kept, **catalog.embeddings_by_hash("image", set(digests.values()))}
 
     renames: list[tuple[int, dict[str, Any]]] = []
@@ -344,6 +386,42 @@ def _reuse_stored(
         _copy_dims(records, copies)
         catalog.apply(add=copies, remove=changed_reused, updates=renames, new_ids=False)
         summary.reused += len(renames) + len(copies)
+
+
+def _restore_trashed(
+    catalog: Catalog,
+    plan: Any,
+    digests: dict[str, str],
+    gone_by_hash: dict[str, KnownFile],
+    summary: RunSummary,
+) -> None:
+    """Files whose content is in the trash (removed by an earlier run) come back under the
+    item's old id, with its embedding and tags, and are taken out of ``digests`` (a second
+    copy of that content is then an ordinary copy of stored content)."""
+    stored = set(catalog.embeddings_by_hash("image", set(digests.values())))
+    wanted = {d for d in digests.values() if d not in stored and d not in gone_by_hash}
+    trashed = catalog.trashed(wanted) if wanted else {}
+    if not trashed:
+        return
+    restores: list[tuple[int, dict[str, Any]]] = []
+    replaced: list[int] = []
+    candidates = [(e, None) for e in plan.new] + [(e, old) for e, old in plan.changed]
+    for entry, old in candidates:
+        digest = digests.get(entry.path)
+        if digest is None or digest not in trashed:
+            continue
+        row = _file_row(entry, digest)
+        row.pop("modality"), row.pop("content_hash")
+        restores.append((trashed.pop(digest), row))
+        del digests[entry.path]
+        if old is not None:
+            replaced.append(old.id)
+            plan.changed.remove((entry, old))
+    if replaced:
+        catalog.remove(replaced)
+    catalog.restore(restores)
+    summary.reused += len(restores)
+    logger.info("restored %d items from the trash without encoding", len(restores))
 
 
 def _copy_dims(records: list[ItemRecord], copies: list[dict[str, Any]]) -> None:

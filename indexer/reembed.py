@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from indexer.common import DEFAULT_BATCH, EncoderLike, batches
-from mmsearch.catalog import Catalog, ItemRecord
+from mmsearch.catalog import Catalog
+from mmsearch.catalog_base import ItemRecord
 from mmsearch.config import cpu_cores
 from mmsearch.media import draft_size, load_many
 from mmsearch.results import ProgressFactory, RunSummary, Skipped, no_progress

@@ -45,6 +45,35 @@ class ScanResult:
 
     files: list[FileEntry] = field(default_factory=list)  # sorted by path
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    links_outside: int = 0  # symbolic links met that lead outside every root
+    links_refused: int = 0  # of those, not followed (``stay_inside``)
+
+
+#: File system types that hold no user files: never walked, wherever a link points.
+PSEUDO_FS_TYPES = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "securityfs", "debugfs",
+    "tracefs", "pstore", "bpf", "mqueue", "hugetlbfs", "configfs", "fusectl", "binfmt_misc",
+    "efivarfs", "autofs", "rpc_pipefs", "nsfs", "selinuxfs", "fuse.gvfsd-fuse",
+})  # fmt: skip
+#: Never walked even where the mount table cannot be read.
+PSEUDO_PATHS = ("/proc", "/sys", "/dev")
+
+
+def pseudo_mounts(mountinfo: str = "/proc/self/mountinfo") -> frozenset[str]:
+    """Mount points of pseudo file systems (:data:`PSEUDO_FS_TYPES`), plus
+    :data:`PSEUDO_PATHS`: a walk never enters them (a link to ``/`` would otherwise walk
+    ``/proc``, whose files never end)."""
+    found = set(PSEUDO_PATHS)
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields, _, rest = line.partition(" - ")
+                parts = fields.split()
+                if len(parts) > 4 and rest.split(" ", 1)[0] in PSEUDO_FS_TYPES:
+                    found.add(parts[4].replace("\\040", " "))
+    except OSError:
+        pass
+    return frozenset(found)
 
 
 @dataclass(frozen=True)
@@ -99,7 +128,12 @@ class _Walker:
     """State shared by the walks of all roots of one :func:`scan` call."""
 
     def __init__(
-        self, patterns: Sequence[str], extensions: frozenset[str], follow_symlinks: bool
+        self,
+        patterns: Sequence[str],
+        extensions: frozenset[str],
+        follow_symlinks: bool,
+        pseudo: Collection[str] = (),
+        stay_inside: bool = False,
     ) -> None:
         # One compiled regex instead of an fnmatch call per pattern: the walk's hot path.
         self.exclude = re.compile("|".join(translate(p) for p in patterns) or r"(?!)")
@@ -108,6 +142,23 @@ class _Walker:
         self.visited_dirs: set[tuple[int, int]] = set()
         self.files: dict[str, FileEntry] = {}  # real path -> first entry seen
         self.errors: list[tuple[str, str]] = []
+        self.pseudo = [_dir_prefix(p) for p in pseudo]
+        self.stay_inside = stay_inside
+        self.roots: list[str] = []  # real paths of the roots, as prefixes (_dir_prefix)
+        self.outside: set[str] = set()  # links leading outside every root
+        self.refused = 0
+
+    def leaves_roots(self, link: str, real: str) -> bool:
+        """Whether a symbolic link leads outside every root (counted once); True when it
+        must not be followed (``stay_inside``)."""
+        if _under(real, self.roots):
+            return False
+        if link not in self.outside:
+            self.outside.add(link)
+            if self.stay_inside:
+                self.refused += 1
+                logger.info("not followed (leads outside the roots): %s -> %s", link, real)
+        return self.stay_inside
 
     def excluded(self, name: str, rel: str) -> bool:
         """Whether a name (or its path relative to the root) is hidden or excluded."""
@@ -127,7 +178,11 @@ class _Walker:
         except OSError as exc:
             self.errors.append((root, _reason(exc)))
             return
-        stack: list[_Dir] = [(root, os.path.realpath(root), "", (st.st_dev, st.st_ino))]
+        real_root = os.path.realpath(root)
+        if _under(real_root, self.pseudo):
+            self.errors.append((root, "a pseudo file system (/proc, /sys, /dev …): not walked"))
+            return
+        stack: list[_Dir] = [(root, real_root, "", (st.st_dev, st.st_ino))]
         while stack:
             path, real, rel, key = stack.pop()
             # Marked when listed, not when found, so the first path in name order wins.
@@ -170,6 +225,11 @@ class _Walker:
             st = entry.stat()
             if (st.st_dev, st.st_ino) not in self.visited_dirs:
                 real = os.path.realpath(entry.path) if is_link else _join(real_parent, entry.name)
+                if _under(real, self.pseudo):
+                    logger.info("not walked (a pseudo file system): %s -> %s", entry.path, real)
+                    return
+                if is_link and self.leaves_roots(entry.path, real):
+                    return
                 subdirs.append((entry.path, real, rel, (st.st_dev, st.st_ino)))
             return
         if os.path.splitext(entry.name)[1].lower() not in self.extensions:
@@ -180,6 +240,8 @@ class _Walker:
         st = entry.stat()
         if stat.S_ISREG(st.st_mode):
             real = os.path.realpath(entry.path) if is_link else _join(real_parent, entry.name)
+            if is_link and self.leaves_roots(entry.path, real):
+                return
             self.add_file(entry.path, real, st)
 
     def add_root_file(self, root: str) -> None:
@@ -198,6 +260,7 @@ def scan(
     exclude: Sequence[str] = (),
     extensions: Collection[str] | None = None,
     follow_symlinks: bool = True,
+    stay_inside: bool = False,
 ) -> ScanResult:
     """Recursively list the image files under ``roots``.
 
@@ -215,7 +278,10 @@ def scan(
             (:func:`mmsearch.media.image_extensions`).
         follow_symlinks: Enter symlinked directories. Directory loops are detected by
             ``(st_dev, st_ino)``; a file reached twice is listed once, under the first path
-            seen. Symlinked files are always listed (under the link's path).
+            seen. Symlinked files are always listed (under the link's path). Pseudo file
+            systems (:func:`pseudo_mounts`) are never entered.
+        stay_inside: do not follow symbolic links (to files or folders) that lead outside
+            every root; either way they are counted (``ScanResult.links_outside``).
 
     Returns:
         The files sorted by path, and the errors met.
@@ -226,7 +292,10 @@ def scan(
     if extensions is None:
         extensions = image_extensions()
     exts = frozenset(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-    walker = _Walker((*DEFAULT_EXCLUDES, *exclude), exts, follow_symlinks)
+    walker = _Walker(
+        (*DEFAULT_EXCLUDES, *exclude), exts, follow_symlinks, pseudo_mounts(), stay_inside
+    )
+    walker.roots = [_dir_prefix(os.path.realpath(os.path.abspath(os.fspath(r)))) for r in roots]
     for raw in roots:
         root = os.path.abspath(os.fspath(raw))
         if not os.path.exists(root):
@@ -239,7 +308,12 @@ def scan(
     logger.info(
         "scanned %d root(s): %d files, %d errors", len(roots), len(files), len(walker.errors)
     )
-    return ScanResult(files=files, errors=walker.errors)
+    return ScanResult(
+        files=files,
+        errors=walker.errors,
+        links_outside=len(walker.outside),
+        links_refused=walker.refused,
+    )
 
 
 def __getattr__(name: str) -> frozenset[str]:

@@ -45,11 +45,13 @@ class TextReadResult:
 
     records: list[TextRecord] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    replaced: int = 0  # lines with bytes that are not UTF-8 (read with U+FFFD)
 
     def extend(self, other: TextReadResult) -> None:
         """Append another result's records and skipped entries."""
         self.records.extend(other.records)
         self.skipped.extend(other.skipped)
+        self.replaced += other.replaced
 
 
 def read_texts(
@@ -88,8 +90,14 @@ def read_texts(
                 result = _read_table(name, f, column or "text", _DELIMITERS[ext])
             else:
                 result = _read_lines(name, f)
+        result.replaced = _undecodable_lines(name)
     except OSError as exc:
         raise InputError(name, os_reason(exc)) from exc
+    if result.replaced:
+        logger.warning(
+            "%s: %d lines have bytes that are not UTF-8 (read with replacement characters)",
+            name, result.replaced,
+        )  # fmt: skip
     logger.info("%s: %d texts, %d skipped", name, len(result.records), len(result.skipped))
     return result
 
@@ -130,6 +138,19 @@ def _binary_reason(name: str) -> str | None:
     if bad > max(_STRAY_BYTES, len(sample) // 50):  # a stray bad byte is replaced, not fatal
         return "not a text file: not UTF-8 (binary data or another encoding; convert it to UTF-8)"
     return None
+
+
+def _undecodable_lines(name: str) -> int:
+    """How many lines of the file hold bytes that are not UTF-8 (each is read with
+    replacement characters: the summary says so rather than index garbage silently)."""
+    bad = 0
+    with open(name, "rb") as f:
+        for line in f:
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                bad += 1
+    return bad
 
 
 def read_text_sources(

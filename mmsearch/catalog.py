@@ -33,7 +33,6 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
-    or_,
     select,
     update,
 )
@@ -44,22 +43,21 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .catalog_base import (
     FILE_HASH,
-    LEGACY_FILE_HASH,
     ExampleFile,
-    ItemRecord,
+    RootRecord,
     SessionRecord,
     SkipRecord,
     TurnRecord,
     decode_path,
     encode_path,
     from_blobs,
-    settings_from,
     to_blob,
 )
 from .catalog_base import read_only_uri as _read_only_uri
 from .catalog_base import refuse_empty_file as _refuse_empty_file
 from .catalog_base import storage_error as _storage_error
 from .catalog_base import writable as _writable
+from .catalog_reader import CatalogReads
 from .config import IndexSettings
 from .errors import (
     CatalogWriteError,
@@ -69,12 +67,11 @@ from .errors import (
     SessionNotFoundError,
     StorageError,
 )
-from .query import Filters
 
 logger = logging.getLogger(__name__)
 
 #: Version of the schema this code writes. Bump it and add a migration when it changes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class FsText(TypeDecorator[str]):
@@ -159,6 +156,41 @@ class SkippedFile(Base):
     reason: Mapped[str] = mapped_column(Text)
 
 
+class Root(Base):
+    """A folder indexed (v4): its device and mount, how many items it held, and whether
+    the last run could see it — a root it could not see is offline, its items kept."""
+
+    __tablename__ = "roots"
+
+    path: Mapped[str] = mapped_column(FsText, primary_key=True)
+    device: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    mount_point: Mapped[str | None] = mapped_column(FsText, nullable=True)
+    items: Mapped[int] = mapped_column(Integer, default=0)
+    online: Mapped[int] = mapped_column(Integer, default=1)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    checked_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Trash(Base):
+    """An image item that left the index (v4), kept with its embedding and tags for a
+    while: the same content coming back — under any path — is restored under its old id
+    without encoding, and search sessions that marked it still resolve."""
+
+    __tablename__ = "trash"
+    __table_args__ = (Index("ix_trash_hash", "content_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the item's old id
+    modality: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str | None] = mapped_column(FsText)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    taken_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    tags: Mapped[str] = mapped_column(Text, default="[]")  # JSON [[tag, score], …]
+    removed_at: Mapped[float] = mapped_column(Float)
+
+
 class SearchSession(Base):
     """A named search session (v3): what its turns are searched with and against."""
 
@@ -219,24 +251,37 @@ def _v2_to_v3(s: Session) -> None:
         table.__table__.create(s.connection(), checkfirst=True)  # type: ignore[attr-defined]
 
 
+def _add_missing_columns(s: Session) -> list[str]:
+    """Add every column of the ORM tables that the database lacks (``create_all`` makes
+    missing tables, never missing columns). New columns are nullable, so old rows read as
+    NULL until a pass fills them. Returns the ``table.column`` names added."""
+    inspector = inspect(s.connection())
+    dialect = s.get_bind().dialect
+    added = []
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable or column.primary_key:
+                raise IndexCorruptError(
+                    f"catalog column {table.name}.{column.name} is missing and cannot be "
+                    "added (not nullable)"
+                )
+            kind = column.type.compile(dialect=dialect)
+            s.execute(sql_text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+            added.append(f"{table.name}.{column.name}")
+    return added
+
+
+def _v3_to_v4(s: Session) -> None:
+    """Tables and columns added since v3 (each new table by ``create_all``, each new
+    nullable column by :func:`_add_missing_columns`, which every writable open runs)."""
+    _add_missing_columns(s)
+
+
 #: Migrations: version N → N+1, run in order inside one transaction.
-MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _v1_to_v2, 2: _v2_to_v3}
-
-
-def _record(item: Item) -> ItemRecord:
-    return ItemRecord(
-        item.id,
-        item.modality,
-        item.path,
-        item.text,
-        item.source,
-        item.size,
-        item.mtime_ns,
-        item.content_hash,
-        item.width,
-        item.height,
-        item.taken_at,
-    )
+MIGRATIONS: dict[int, Callable[[Session], None]] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -261,7 +306,7 @@ def _interrupted_creation(s: Session, tables: set[str]) -> bool:
     return False
 
 
-class Catalog:
+class Catalog(CatalogReads):
     """The SQLite catalog of one index directory.
 
     Args:
@@ -272,6 +317,9 @@ class Catalog:
     read-only (:attr:`read_only`): it answers every read, and a write raises StorageError.
     Any storage failure (disk full, I/O error) is raised as StorageError; the transaction
     it hit is rolled back, what was committed before stays.
+
+    Its reads are :class:`~mmsearch.catalog_reader.CatalogReads`' (plain SQL, shared with
+    the query path's reader), run on this catalog's engine by :meth:`_all`.
     """
 
     def __init__(self, path: str | Path, create: bool = True) -> None:
@@ -325,6 +373,11 @@ class Catalog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one read of :class:`CatalogReads` on the engine."""
+        with self.engine.connect() as conn:
+            return [tuple(row) for row in conn.exec_driver_sql(sql, tuple(params))]
+
     def session(self) -> Session:
         """A new session; use as ``with catalog.session() as s, s.begin(): ...``."""
         return Session(self.engine, expire_on_commit=False)
@@ -366,38 +419,14 @@ class Catalog:
                 MIGRATIONS[version](s)
                 version += 1
             row.value = str(version)
-
-    @property
-    def file_hash(self) -> str:
-        """How this catalog hashes image files (``mmsearch.media.FILE_HASHES``): ``blake3``
-        when it was made by a version that records it, else ``blake2b`` as before (its
-        stored digests stay comparable: renamed and duplicate files are still reused)."""
-        return self.get_meta("file_hash") or LEGACY_FILE_HASH
-
-    @property
-    def catalog_id(self) -> str:
-        """A random id of this catalog, recorded in every derived file so that a file
-        copied from another index is recognised as foreign (made on first use for
-        catalogs that predate it)."""
-        value = self.get_meta("catalog_id")
-        if not value:
-            value = uuid.uuid4().hex
-            with self.session() as s, s.begin():
-                if s.get(Meta, "catalog_id") is None:
-                    s.add(Meta(key="catalog_id", value=value))
-            value = self.get_meta("catalog_id") or value
-        return value
-
-    @property
-    def schema_version(self) -> int:
-        return int(self.get_meta("schema_version") or 0)
+            if not self.read_only:
+                added = _add_missing_columns(s)
+                if added:
+                    logger.info("catalog: added columns %s", ", ".join(added))
+                if s.get(Meta, "catalog_id") is None:  # catalogs that predate it get one
+                    s.add(Meta(key="catalog_id", value=uuid.uuid4().hex))
 
     # -- meta ---------------------------------------------------------------------------
-
-    def get_meta(self, key: str) -> str | None:
-        with self.session() as s:
-            row = s.get(Meta, key)
-            return row.value if row else None
 
     def set_meta(self, key: str, value: str, session: Session | None = None) -> None:
         if session is not None:
@@ -405,11 +434,6 @@ class Catalog:
             return
         with self.session() as s, s.begin():
             s.merge(Meta(key=key, value=value))
-
-    def model_info(self) -> dict[str, Any] | None:
-        """The model the index was built with: model, pretrained, identity, display, dim."""
-        raw = self.get_meta("model")
-        return json.loads(raw) if raw else None
 
     def set_model_info(self, info: dict[str, Any], session: Session | None = None) -> None:
         self.set_meta("model", json.dumps(info), session)
@@ -426,19 +450,11 @@ class Catalog:
             if stored["identity"] != record["identity"]:
                 raise ModelMismatchError(stored["display"], record["display"])
 
-    def settings(self) -> IndexSettings:
-        """The user's vector-index choices (defaults where none were made)."""
-        return settings_from(self.get_meta)
-
     def save_settings(self, settings: IndexSettings) -> None:
         with self.session() as s, s.begin():
             self.set_meta("index_type", settings.index_type, s)
             self.set_meta("memory_budget", str(settings.memory_budget or ""), s)
             self.set_meta("recall_target", str(settings.recall_target), s)
-
-    def generation(self, modality: str) -> int:
-        """A counter bumped by every change to ``modality``'s items."""
-        return int(self.get_meta(f"generation:{modality}") or 0)
 
     def _bump(self, s: Session, modalities: Iterable[str]) -> None:
         for modality in set(modalities):
@@ -449,91 +465,6 @@ class Catalog:
                 row.value = str(int(row.value) + 1)
 
     # -- reads --------------------------------------------------------------------------
-
-    def count(self, modality: str | None = None) -> int:
-        stmt = select(func.count(Item.id))
-        if modality:
-            stmt = stmt.where(Item.modality == modality)
-        with self.session() as s:
-            return int(s.scalar(stmt) or 0)
-
-    def ids(self, modality: str) -> np.ndarray:
-        with self.session() as s:
-            rows = s.scalars(select(Item.id).where(Item.modality == modality).order_by(Item.id))
-            return np.fromiter(rows, dtype=np.int64)
-
-    def image_files(self) -> list[ItemRecord]:
-        """Every image item, without embeddings."""
-        with self.session() as s:
-            items = s.scalars(select(Item).where(Item.modality == "image").order_by(Item.id))
-            return [_record(i) for i in items]
-
-    def text_hashes(self) -> set[str]:
-        with self.session() as s:
-            return set(s.scalars(select(Item.content_hash).where(Item.modality == "text")))
-
-    def records(self, ids: Iterable[int]) -> dict[int, ItemRecord]:
-        """Rows by id (missing ids are absent from the result)."""
-        wanted = [int(i) for i in ids]
-        out: dict[int, ItemRecord] = {}
-        with self.session() as s:
-            for chunk in _chunks(wanted, 500):
-                for item in s.scalars(select(Item).where(Item.id.in_(chunk))):
-                    out[item.id] = _record(item)
-        return out
-
-    def find_path(self, path: str) -> ItemRecord | None:
-        with self.session() as s:
-            item = s.scalar(select(Item).where(Item.path == path))
-            return _record(item) if item else None
-
-    def embeddings(
-        self, ids: Sequence[int], dim: int, modality: str | None = None
-    ) -> tuple[list[int], np.ndarray]:
-        """Stored embeddings of ``ids`` (of ``modality``, if given) as float32 rows, in the
-        order given; ids not in the catalog are left out. Returns (ids found, matrix)."""
-        found: dict[int, bytes] = {}
-        with self.session() as s:
-            for chunk in _chunks([int(i) for i in ids], 500):
-                stmt = select(Item.id, Item.embedding).where(Item.id.in_(chunk))
-                if modality is not None:
-                    stmt = stmt.where(Item.modality == modality)
-                found.update({i: e for i, e in s.execute(stmt)})
-        present = [int(i) for i in ids if int(i) in found]
-        return present, from_blobs([found[i] for i in present], dim)
-
-    def embeddings_by_hash(self, modality: str, hashes: Iterable[str]) -> dict[str, bytes]:
-        """For each content hash already stored, one stored embedding (for reuse)."""
-        out: dict[str, bytes] = {}
-        with self.session() as s:
-            for chunk in _chunks(sorted(set(hashes)), 500):
-                stmt = select(Item.content_hash, Item.embedding).where(
-                    Item.modality == modality, Item.content_hash.in_(chunk)
-                )
-                for h, e in s.execute(stmt):
-                    out.setdefault(h, e)
-        return out
-
-    def iter_embeddings(
-        self, modality: str, dim: int, batch: int = 20000, after: int = -1
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """A modality's (ids, float32 vectors) with id > ``after``, in id order, ``batch``
-        rows at a time."""
-        last = after
-        with self.session() as s:
-            while True:
-                stmt = (
-                    select(Item.id, Item.embedding)
-                    .where(Item.modality == modality, Item.id > last)
-                    .order_by(Item.id)
-                    .limit(batch)
-                )
-                rows = s.execute(stmt).all()
-                if not rows:
-                    return
-                ids = np.array([r[0] for r in rows], dtype=np.int64)
-                yield ids, from_blobs([r[1] for r in rows], dim)
-                last = int(ids[-1])
 
     # -- writes -------------------------------------------------------------------------
 
@@ -573,6 +504,7 @@ class Catalog:
             for chunk in _chunks(touched, 500):
                 modalities.update(s.scalars(select(Item.modality).where(Item.id.in_(chunk))))
             for chunk in _chunks(removed, 500):
+                _to_trash(s, chunk, now)
                 s.execute(delete(Item).where(Item.id.in_(chunk)))
                 s.execute(delete(Tag).where(Tag.item_id.in_(chunk)))
             for item_id, values in changes:
@@ -624,11 +556,52 @@ class Catalog:
 
     # -- files that could not be indexed -------------------------------------------------
 
-    def skipped_files(self) -> list[SkipRecord]:
-        """Every remembered bad file, by path."""
-        with self.session() as s:
-            rows = s.scalars(select(SkippedFile).order_by(SkippedFile.path))
-            return [SkipRecord(r.path, r.size, r.mtime_ns, r.reason) for r in rows]
+    def restore(self, rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Bring trashed items back under their old ids with new file columns (path,
+        size, mtime_ns …), their embedding, size and tags as they were — one transaction."""
+        if not rows:
+            return
+        now = time.time()
+        with self.session() as s, s.begin():
+            for old_id, values in rows:
+                t = s.get(Trash, old_id)
+                if t is None:
+                    raise CatalogWriteError(f"item {old_id} is not in the trash")
+                s.add(
+                    Item(
+                        id=old_id, modality=t.modality, content_hash=t.content_hash,
+                        width=t.width, height=t.height, taken_at=t.taken_at,
+                        embedding=t.embedding, added_at=now, **values,
+                    )
+                )  # fmt: skip
+                s.add_all(Tag(item_id=old_id, tag=tag, score=sc) for tag, sc in json.loads(t.tags))
+                s.delete(t)
+            self._bump(s, {"image"})
+
+    def empty_trash(self, older_than: float | None = None) -> int:
+        """Forget trashed items removed more than ``older_than`` seconds ago (all: None);
+        returns how many."""
+        stmt = delete(Trash)
+        if older_than is not None:
+            stmt = stmt.where(Trash.removed_at < time.time() - older_than)
+        with self.session() as s, s.begin():
+            return int(s.execute(stmt).rowcount or 0)
+
+    def save_roots(self, records: Iterable[RootRecord]) -> None:
+        """Record the roots a run looked at (replacing what was known of them)."""
+        with self.session() as s, s.begin():
+            for r in records:
+                s.merge(
+                    Root(
+                        path=r.path,
+                        device=r.device,
+                        mount_point=r.mount_point,
+                        items=r.items,
+                        online=int(r.online),
+                        reason=r.reason,
+                        checked_at=r.checked_at,
+                    )
+                )
 
     def remember_skipped(self, records: Iterable[SkipRecord]) -> None:
         """Remember (or update) bad files."""
@@ -649,48 +622,11 @@ class Catalog:
 
     # -- filters, dates, tags (schema v2) ----------------------------------------------
 
-    def filter_ids(self, modality: str, filters: Filters) -> np.ndarray:
-        """Sorted ids of ``modality``'s items that pass ``filters`` (min_score aside)."""
-        stmt = select(Item.id).where(Item.modality == modality)
-        glob = filters.glob()
-        if glob:
-            stmt = stmt.where(Item.path.op("GLOB")(glob))
-        exts = filters.normalised_extensions()
-        if exts:
-            lower = func.lower(Item.path)
-            stmt = stmt.where(or_(*(lower.like(f"%{e}") for e in exts)))
-        if filters.after is not None:
-            stmt = stmt.where(Item.taken_at >= filters.after)
-        if filters.before is not None:
-            stmt = stmt.where(Item.taken_at < filters.before)
-        if filters.min_width:
-            stmt = stmt.where(Item.width >= filters.min_width)
-        if filters.min_height:
-            stmt = stmt.where(Item.height >= filters.min_height)
-        for tag in filters.tags:
-            stmt = stmt.where(Item.id.in_(select(Tag.item_id).where(Tag.tag == tag)))
-        with self.session() as s:
-            return np.fromiter(s.scalars(stmt.order_by(Item.id)), dtype=np.int64)
-
-    def undated_images(self) -> list[ItemRecord]:
-        """Images whose capture date was never read (e.g. indexed by schema v1)."""
-        with self.session() as s:
-            stmt = select(Item).where(Item.modality == "image", Item.taken_at.is_(None))
-            return [_record(i) for i in s.scalars(stmt.order_by(Item.id))]
-
     def set_dates(self, dates: Sequence[tuple[int, float]]) -> None:
         """Record capture dates; not a content change, so no generation is bumped."""
         with self.session() as s, s.begin():
             for item_id, taken in dates:
                 s.execute(update(Item).where(Item.id == item_id).values(taken_at=taken))
-
-    def dates(self, ids: Iterable[int]) -> dict[int, float | None]:
-        wanted = [int(i) for i in ids]
-        out: dict[int, float | None] = {}
-        with self.session() as s:
-            for chunk in _chunks(wanted, 500):
-                out.update(s.execute(select(Item.id, Item.taken_at).where(Item.id.in_(chunk))))
-        return out
 
     def replace_tags(
         self, rows: Sequence[tuple[int, str, float]], clear: Iterable[int] | None = None
@@ -704,24 +640,6 @@ class Catalog:
                 for chunk in _chunks([int(i) for i in clear], 500):
                     s.execute(delete(Tag).where(Tag.item_id.in_(chunk)))
             s.add_all(Tag(item_id=i, tag=t, score=sc) for i, t, sc in rows)
-
-    def tags_of(self, ids: Iterable[int]) -> dict[int, list[tuple[str, float]]]:
-        """Each item's tags with their scores, best first (items without tags are absent)."""
-        wanted = [int(i) for i in ids]
-        out: dict[int, list[tuple[str, float]]] = {}
-        with self.session() as s:
-            for chunk in _chunks(wanted, 500):
-                stmt = select(Tag.item_id, Tag.tag, Tag.score).where(Tag.item_id.in_(chunk))
-                for item_id, tag, score in s.execute(stmt.order_by(Tag.score.desc())):
-                    out.setdefault(item_id, []).append((tag, score))
-        return out
-
-    def tag_counts(self) -> dict[str, int]:
-        """Items per tag, most frequent first."""
-        stmt = select(Tag.tag, func.count()).group_by(Tag.tag)
-        with self.session() as s:
-            rows = s.execute(stmt).all()
-        return dict(sorted(((t, int(n)) for t, n in rows), key=lambda r: (-r[1], r[0])))
 
     # -- search sessions (schema v3) ----------------------------------------------------
 
@@ -808,6 +726,30 @@ class Catalog:
         """Delete session ``name`` with its turns; returns whether it existed."""
         with self.session() as s, s.begin():
             return _delete_session(s, name)
+
+
+def _to_trash(s: Session, ids: Sequence[int], now: float) -> None:
+    """Keep the image items about to be deleted (rows, tags) in the trash."""
+    rows = s.execute(
+        select(Item.id, Item.modality, Item.path, Item.content_hash, Item.width, Item.height,
+               Item.taken_at, Item.embedding)
+        .where(Item.id.in_(ids), Item.modality == "image")
+    ).all()  # fmt: skip
+    if not rows:
+        return
+    tags: dict[int, list[tuple[str, float]]] = {}
+    for item_id, tag, score in s.execute(
+        select(Tag.item_id, Tag.tag, Tag.score).where(Tag.item_id.in_(ids))
+    ):
+        tags.setdefault(item_id, []).append((tag, score))
+    for r in rows:
+        s.merge(
+            Trash(
+                id=r.id, modality=r.modality, path=r.path, content_hash=r.content_hash,
+                width=r.width, height=r.height, taken_at=r.taken_at, embedding=r.embedding,
+                tags=json.dumps(tags.get(r.id, [])), removed_at=now,
+            )
+        )  # fmt: skip
 
 
 def _delete_session(s: Session, name: str) -> bool:

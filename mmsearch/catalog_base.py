@@ -43,6 +43,19 @@ class SkipRecord:
 
 
 @dataclass(frozen=True)
+class RootRecord:
+    """A folder given to ``mmsearch index``, as the last run saw it."""
+
+    path: str
+    device: int | None  # st_dev of the folder
+    mount_point: str | None  # the mount it lay on ("/" for the root file system)
+    items: int  # items under it after that run
+    online: bool
+    reason: str  # why it is offline ("" when online)
+    checked_at: float
+
+
+@dataclass(frozen=True)
 class ItemRecord:
     """A catalog row without its embedding, detached from any session."""
 

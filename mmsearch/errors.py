@@ -114,6 +114,37 @@ class ItemNotFoundError(QueryError):
         super().__init__(f"no item with id {item_id} in the index")
 
 
+class PruneRequired(MMSearchError):
+    """An index run would remove most of a root's items: it removed none and asks for
+    ``--prune`` (files deleted on purpose) — a drive half-mounted must not empty an index."""
+
+    def __init__(self, root: str, removing: int, held: int) -> None:
+        self.root, self.removing, self.held = root, removing, held
+        super().__init__(
+            f"{removing} of the {held} items under {root} are no longer there: nothing was "
+            "removed; if they were deleted on purpose, run again with --prune"
+        )
+
+
+class FileGoneError(QueryError):
+    """An indexed item's file is no longer there (or cannot be opened)."""
+
+    def __init__(self, item_id: int, reason: str = "") -> None:
+        self.item_id = item_id
+        super().__init__(f"the file of item {item_id} is gone" + (f": {reason}" if reason else ""))
+
+
+class FileChangedError(QueryError):
+    """An indexed item's file is no longer the content that was indexed (replaced, swapped
+    for a link or another kind of file): none of it is served."""
+
+    def __init__(self, item_id: int) -> None:
+        self.item_id = item_id
+        super().__init__(
+            f"the file of item {item_id} changed since it was indexed; run `mmsearch index`"
+        )
+
+
 class ImageTooLargeError(QueryError):
     """A query image exceeds the size or pixel limits (or trips Pillow's bomb guard)."""
 

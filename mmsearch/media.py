@@ -317,6 +317,12 @@ def hash_bytes(data: bytes | bytearray | memoryview, algorithm: str = "blake3") 
     return hasher.hexdigest()
 
 
+def new_hasher(algorithm: str = "blake3") -> Any:
+    """An incremental hash object (``update``, ``hexdigest``) of :data:`FILE_HASHES`, giving
+    what :func:`content_hash` gives for the same bytes."""
+    return _hasher(algorithm)
+
+
 def _hasher(algorithm: str) -> Any:
     """A new hash object of ``algorithm`` (16-byte digests; both release the GIL while
     they hash a large buffer)."""

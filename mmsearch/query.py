@@ -83,6 +83,10 @@ class Filters:
         min_height: at least this many pixels high.
         tags: tags the item must all carry (see ``mmsearch tag``).
         min_score: drop hits scoring below this cosine similarity.
+        include_offline: also return items of folders the last run could not see
+            (offline roots: an unplugged drive); left out by default.
+        exclude_under: folders whose items are left out (the search fills it with the
+            offline roots; not part of a query's stored form).
     """
 
     path_glob: str | None = None
@@ -93,6 +97,8 @@ class Filters:
     min_height: int | None = None
     tags: tuple[str, ...] = ()
     min_score: float | None = None
+    include_offline: bool = False
+    exclude_under: tuple[str, ...] = ()
 
     @property
     def selects_items(self) -> bool:
@@ -105,6 +111,7 @@ class Filters:
             or self.min_width
             or self.min_height
             or self.tags
+            or self.exclude_under
         )
 
     def glob(self) -> str | None:
@@ -118,7 +125,11 @@ class Filters:
         return tuple("." + e.lower().lstrip(".") for e in self.extensions if e.strip("."))
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, ())}
+        out = {k: v for k, v in asdict(self).items() if v not in (None, ())}
+        out.pop("exclude_under", None)  # filled in by the search, never stored
+        if not self.include_offline:
+            out.pop("include_offline")
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Filters:
@@ -127,7 +138,7 @@ class Filters:
         for key in ("after", "before"):
             if isinstance(values.get(key), str):
                 values[key] = parse_date(values[key])
-        for key in ("extensions", "tags"):
+        for key in ("extensions", "tags", "exclude_under"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)

@@ -110,6 +110,13 @@ class RunSummary:
         encode_seconds: time the model spent encoding, summed over devices: for images on
             the CPU, ``seconds`` less this is what reading, decoding and storing added.
             0 when the encoding ran elsewhere (on a Ray cluster).
+        links_outside: symbolic links met under the folders that lead outside all of them
+            (followed, unless the run refused them: ``links_refused``).
+        links_refused: of those, not followed (``--no-follow-outside``).
+        replaced_lines: text lines (or records) with bytes that are not UTF-8, read with
+            replacement characters.
+        offline: folders the run could not see (missing, empty, unmounted), with why:
+            their items were kept, not removed.
         engine: what encoded the run here: ``onnx`` (the model's exported towers),
             ``torch:cpu``, ``torch:cuda``…; empty when nothing was encoded here. Two runs
             summed with different engines give both, joined by ``+``.
@@ -126,6 +133,10 @@ class RunSummary:
     seconds: float = 0.0
     model_seconds: float = 0.0
     encode_seconds: float = 0.0
+    links_outside: int = 0
+    links_refused: int = 0
+    replaced_lines: int = 0
+    offline: list[Skipped] = field(default_factory=list)
     engine: str = ""
 
     def __add__(self, other: RunSummary) -> RunSummary:
@@ -193,6 +204,9 @@ class IndexInfo:
     skipped_files: list[Skipped] = field(default_factory=list)  # remembered bad files
     # extra text encoders (taught languages), as mmsearch.languages.TextEncoderInfo dicts
     text_encoders: list[dict[str, Any]] = field(default_factory=list)
+    # folders indexed: path, online, reason, items (mmsearch.catalog_base.RootRecord)
+    roots: list[dict[str, Any]] = field(default_factory=list)
+    trash: int = 0  # items that left the index, kept for their return (mmsearch gc)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,6 +15,7 @@ from .errors import (
     MMSearchError,
     ModelError,
     ModelMismatchError,
+    PruneRequired,
     QueryError,
     RayUnavailableError,
     StorageError,
@@ -42,6 +43,7 @@ _BY_ERROR: tuple[tuple[type[MMSearchError], ExitStatus], ...] = (
     (ModelError, ExitStatus.MODEL),
     (ModelMismatchError, ExitStatus.MODEL),
     (QueryError, ExitStatus.INPUT),
+    (PruneRequired, ExitStatus.INPUT),
     (InputError, ExitStatus.INPUT),
     (RayUnavailableError, ExitStatus.DEPENDENCY),  # --ray without ray installed
     (DependencyError, ExitStatus.DEPENDENCY),

@@ -12,7 +12,8 @@ from conftest import unit_vectors as shared_unit_vectors
 from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
-from mmsearch.catalog import SCHEMA_VERSION, Catalog, ItemRecord
+from mmsearch.catalog import SCHEMA_VERSION, Catalog
+from mmsearch.catalog_base import ItemRecord
 from mmsearch.errors import CatalogWriteError, IndexCorruptError, IndexNotFoundError
 
 DIM = 16

@@ -214,3 +214,40 @@ def test_cli_text_query_imports_no_sqlalchemy_orm_torch_or_open_clip(tmp_path: P
     assert "onnxruntime" in imported and "faiss" in imported  # the query did run
     heavy = {m for m in imported if m.split(".")[0] in ("torch", "open_clip", "sqlalchemy")}
     assert not heavy, sorted(heavy)[:10]
+
+
+def test_every_read_is_written_once_and_the_catalog_inherits_it() -> None:
+    """The SQLAlchemy catalog runs the reader's SQL: it redefines none of the reads."""
+    from mmsearch.catalog_reader import CatalogReads
+
+    reads = {name for name in vars(CatalogReads) if not name.startswith("__")} - {"_all"}
+    assert issubclass(Catalog, CatalogReads) and issubclass(CatalogReader, CatalogReads)
+    assert reads >= {"records", "filter_ids", "image_files", "embeddings", "tags_of"}
+    assert not reads & set(vars(Catalog)), "a read written twice"
+    assert not reads & set(vars(CatalogReader)), "a read written twice"
+
+
+def test_a_v3_catalog_gains_the_columns_added_since_and_the_reader_waits_for_them(
+    tmp_path: Path,
+) -> None:
+
+    db = tmp_path / "catalog.sqlite"
+    with Catalog(db) as cat:
+        cat.add([{"modality": "text", "text": "a", "content_hash": "h", "embedding": [1.0, 0.0]}])
+    con = sqlite3.connect(db)
+    con.execute("ALTER TABLE items DROP COLUMN taken_at")  # as a catalog made before it
+    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    assert CatalogReader.open(db) is None  # not its schema: the ORM must migrate it first
+    con = sqlite3.connect(db)
+    con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    assert CatalogReader.open(db) is None  # right version, a column missing: still not
+    with Catalog(db) as cat:
+        assert cat.schema_version == SCHEMA_VERSION == 4
+        (rec,) = cat.records(cat.ids("text")).values()
+        assert rec.text == "a" and rec.taken_at is None
+    with CatalogReader.open(db) as reader:
+        assert reader is not None and reader.count("text") == 1

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import TINY, clustered_dataset, load_make_shapes
 
-from mmsearch.catalog import ItemRecord
+from mmsearch.catalog_base import ItemRecord
 from mmsearch.duplicates import choose_keeper, components
 from mmsearch.nearcopy import (
     DEFAULT_PIXEL_THRESHOLD,

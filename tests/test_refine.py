@@ -153,7 +153,7 @@ def test_a_v2_catalog_is_migrated_to_v3(tmp_path: Path) -> None:
     db = tmp_path / "catalog.sqlite"
     _v2_catalog(db)
     with Catalog(db) as cat:
-        assert cat.schema_version == SCHEMA_VERSION == 3
+        assert cat.schema_version == SCHEMA_VERSION == 4
         assert cat.count("text") == 1  # the items are untouched
         _start(cat)
         assert [t.seq for t in cat.session_turns("walk", 8)] == [0, 1]

@@ -16,7 +16,7 @@ from test_pipeline import FakeEncoder
 import mmsearch.media
 from indexer.pipeline import index_images
 from indexer.scan import FileEntry, plan_remembered
-from mmsearch.catalog import SkipRecord
+from mmsearch.catalog_base import SkipRecord
 from mmsearch.cli import cli
 
 BROKEN = b"\x89PNG\r\n\x1a\n garbage"

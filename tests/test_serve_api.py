@@ -20,8 +20,9 @@ from serve_util import shapes_index  # noqa: E402
 from mmsearch.catalog import Catalog  # noqa: E402
 from mmsearch.server.app import create_app  # noqa: E402
 from mmsearch.server.backend import Backend  # noqa: E402
-from mmsearch.server.images import MAX_UPLOAD_BYTES, THUMB_DIR  # noqa: E402
+from mmsearch.server.images import MAX_UPLOAD_BYTES  # noqa: E402
 from mmsearch.server.security import Policy, allowed_hosts  # noqa: E402
+from mmsearch.sources.thumbnails import THUMB_DIR  # noqa: E402
 
 BASE = "http://127.0.0.1:8765"
 

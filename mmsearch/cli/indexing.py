@@ -14,6 +14,7 @@ from .app import (
     _progress,
     cli,
     echo_skipped,
+    escape,
     handle_errors,
     index_option,
     json_option,
@@ -46,6 +47,17 @@ from .app import (
     "--retry-skipped",
     is_flag=True,
     help="Try again files remembered as undecodable (e.g. after installing mmsearch[formats]).",
+)
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Remove what is not there, even where a folder looks offline (missing, empty, "
+    "unmounted) or most of its items are gone.",
+)
+@click.option(
+    "--no-follow-outside",
+    is_flag=True,
+    help="Do not follow symbolic links that lead outside the folders given.",
 )
 @click.option(
     "--index-type",
@@ -98,6 +110,8 @@ def index_cmd(
     workers: int | None,
     reembed: bool,
     retry_skipped: bool,
+    no_follow_outside: bool,
+    prune: bool,
     index_type: str | None,
     memory_budget: str | None,
     recall_target: float | None,
@@ -138,6 +152,8 @@ def index_cmd(
             progress=_progress(not obj["quiet"]),
             retry_skipped=retry_skipped,
             ray=ray,
+            follow_outside=not no_follow_outside,
+            prune=prune,
         )
     _print_summary(summary, as_json)
 
@@ -181,6 +197,7 @@ def _where_time_went(summary: Any) -> str:
 
 
 def _print_summary(summary: Any, as_json: bool) -> None:
+    _warn(summary)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
         return
@@ -194,3 +211,29 @@ def _print_summary(summary: Any, as_json: bool) -> None:
     for item in summary.skipped:
         again = " (remembered: unchanged since it failed)" if item.remembered else ""
         echo_skipped(item.path, item.reason, again)
+
+
+def _warn(summary: Any) -> None:
+    """What a run must say on stderr whatever the output format."""
+    for root in summary.offline:
+        click.echo(
+            f"offline: {escape(root.path)} ({root.reason}): its items are kept, and left out "
+            "of results unless --include-offline; --prune removes them",
+            err=True,
+        )
+    if summary.links_outside:
+        how = (
+            "not followed (--no-follow-outside)"
+            if summary.links_refused
+            else "followed (--no-follow-outside refuses them)"
+        )
+        click.echo(
+            f"{summary.links_outside} symbolic links lead outside the folders given: {how}",
+            err=True,
+        )
+    if summary.replaced_lines:
+        click.echo(
+            f"{summary.replaced_lines} text lines had bytes that are not UTF-8 "
+            "(read with replacement characters)",
+            err=True,
+        )

@@ -12,6 +12,7 @@ from ..status import ExitStatus
 from .app import (
     _open,
     cli,
+    escape,
     handle_errors,
     index_option,
     json_option,
@@ -37,6 +38,11 @@ def info_cmd(index_dir: Path | None, as_json: bool) -> None:
     click.echo(f"catalog:  {info.catalog_bytes / 1e6:.1f} MB, schema v{info.schema_version}")
     click.echo(f"queries:  {info.query_runtime}")
     click.echo(f"indexing: {info.index_runtime}")
+    for root in info.roots:
+        state = "online" if root["online"] else f"OFFLINE: {root['reason']}"
+        click.echo(f"root:     {escape(root['path'])} ({root['items']} items, {state})")
+    if info.trash:
+        click.echo(f"trash:    {info.trash} items removed, kept for their return (mmsearch gc)")
     if info.skipped_files:
         click.echo(
             f"skipped:  {len(info.skipped_files)} files remembered as undecodable, not read "
@@ -114,3 +120,25 @@ def check_cmd(repair: bool, index_dir: Path | None, as_json: bool) -> None:
         )
     if not report.ok:
         raise click.exceptions.Exit(int(ExitStatus.CORRUPT))
+
+
+@cli.command("gc")
+@click.option(
+    "--older-than",
+    "older_than",
+    type=click.FloatRange(0),
+    metavar="DAYS",
+    help="Forget only items removed more than DAYS days ago [default: all].",
+)
+@index_option
+@json_option
+@handle_errors
+def gc_cmd(older_than: float | None, index_dir: Path | None, as_json: bool) -> None:
+    """Empty the trash: items that left the index are kept (embedding, tags) so that a file
+    coming back is not encoded again; index runs forget them after 30 days."""
+    with _open(index_dir, create=False) as index:
+        forgotten = index.gc(older_than_days=older_than)
+    if as_json:
+        click.echo(json.dumps({"forgotten": forgotten}))
+    else:
+        click.echo(f"forgot {forgotten} items from the trash")

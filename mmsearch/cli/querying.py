@@ -35,6 +35,11 @@ def filter_options(func: F) -> F:
         click.option("--min-height", type=click.IntRange(1), help="At least this tall (pixels)."),
         click.option("--tag", "tags", multiple=True, help="Only items with this tag. Repeatable."),
         click.option("--min-score", type=float, help="Drop hits scoring below this."),
+        click.option(
+            "--include-offline",
+            is_flag=True,
+            help="Also items of folders the last run could not see (an unplugged drive).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)

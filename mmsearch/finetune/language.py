@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmsearch.catalog import Catalog, from_blobs
+from mmsearch.catalog import Catalog
+from mmsearch.catalog_base import from_blobs
 from mmsearch.encoder import Encoder
 from mmsearch.errors import InputError, InvalidValueError, MMSearchError
 from mmsearch.media import content_hash, load_many

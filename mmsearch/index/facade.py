@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +25,10 @@ from ..ann.faiss_index import VectorIndex
 from ..ann.policy import choose_spec
 from ..ann.upkeep import Upkeep
 from ..ann.upkeep import check as check_derived
-from ..catalog_base import ItemRecord, from_blobs
+from ..catalog_base import ItemRecord, RootRecord, from_blobs
 from ..catalog_reader import CatalogReader
 from ..errors import (
+    FileGoneError,
     IndexNotFoundError,
     InputError,
     ItemNotFoundError,
@@ -53,6 +55,8 @@ from ..results import (
 )
 from ..runtime import QueryRuntime
 from ..search import combine, search_filtered
+from ..sources.files import IndexedFile, open_indexed
+from ..sources.thumbnails import cached_thumbnail, make_thumbnail, thumb_size
 from ..zeroshot import DEFAULT_TEMPLATES, DEFAULT_THRESHOLD, DEFAULT_TOP, tag_library
 from ..zeroshot import classify as classify_images
 from .common import TARGETS, QueryEncoder, _writer
@@ -165,9 +169,13 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods, ExchangeMethod
         if catalog is None:
             from ..catalog import Catalog
 
-            if db.exists():
+            if db.exists() and _has_content(db):
                 catalog = Catalog(db)
-            else:  # two processes creating one index: the second must find the schema made
+            else:
+                # Two processes creating one index (a watcher and a user's run): whoever
+                # creates it holds the writer lock until the schema is written, and the
+                # other waits for it here — a catalog still empty (0 bytes) is one being
+                # created, not a damaged one, until the lock says its creator is done.
                 with lock:
                     catalog = Catalog(db)
         index = cls(directory, catalog, spec, device, lock)
@@ -253,10 +261,16 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods, ExchangeMethod
         progress: ProgressFactory | None = None,
         retry_skipped: bool = False,
         ray: RayOptions | None = None,
+        follow_outside: bool = True,
+        prune: bool = False,
     ) -> RunSummary:
         """Index (or bring up to date) the images under ``paths``. Files that could not be
         decoded before and did not change since are not read again, unless
-        ``retry_skipped``.
+        ``retry_skipped``. Symbolic links that lead outside ``paths`` are followed (and
+        counted in ``links_outside``) unless ``follow_outside`` is False. A folder that
+        cannot be seen (missing, empty where it held items, its drive unmounted) is offline:
+        its items are kept and the summary's ``offline`` says why; ``prune`` removes what is
+        not there instead (see :mod:`indexer.roots`).
 
         Returns a :class:`RunSummary`: counts of added, updated, unchanged, removed and
         reused items, and the files skipped with their reasons. With ``ray``, the planned
@@ -275,6 +289,8 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods, ExchangeMethod
             workers=workers,
             progress=progress,
             retry_skipped=retry_skipped,
+            follow_outside=follow_outside,
+            prune=prune,
             encode_jobs=_ray_encoding(ray).encode_images if ray else None,
             # Known without loading the model: files are decoded while it loads.
             image_size=None if self._encoder is not None else input_size(self._spec()),
@@ -312,6 +328,7 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods, ExchangeMethod
         result = read_text_sources(paths, column=column, field=field)
         summary = self._add_text_records(result.records, progress, ray)
         summary.skipped.extend(Skipped(src, reason) for src, reason in result.skipped)
+        summary.replaced_lines += result.replaced
         return summary
 
     @_writer
@@ -383,6 +400,8 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods, ExchangeMethod
         progress: ProgressFactory | None = None,
         retry_skipped: bool = False,
         ray: RayOptions | None = None,
+        follow_outside: bool = True,
+        prune: bool = False,
     ) -> RunSummary:
         """Everything ``mmsearch index`` does, in its order: re-embed with the requested
         model (first: nothing else may touch a catalog whose re-embed is pending), apply
@@ -402,6 +421,8 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods, ExchangeMethod
                 progress=progress,
                 retry_skipped=retry_skipped,
                 ray=ray,
+                follow_outside=follow_outside,
+                prune=prune,
             )
         if text_files:
             total += self.add_text_files(
@@ -604,17 +625,36 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods, ExchangeMethod
         keeper = self._upkeep()
         if keeper is None:  # cannot happen: model_info was checked by the caller
             return []
+        filters = self._without_offline(filters or Filters())
         return search_filtered(
             self._reads,
             vi,
             vector,
             k,
             keeper.fetch,
-            filters or Filters(),
+            filters,
             exclude=exclude,
             nprobe=nprobe,
             query_modality=query_modality,
         )
+
+    def _without_offline(self, filters: Filters) -> Filters:
+        """``filters`` that also leave out the items of offline roots (unless asked)."""
+        if filters.include_offline:
+            return filters
+        offline = tuple(self._reads.offline_roots())
+        return replace(filters, exclude_under=offline) if offline else filters
+
+    @_writer
+    def gc(self, older_than_days: float | None = None) -> int:
+        """Empty the trash (items removed more than ``older_than_days`` ago; all: None):
+        a file coming back after that is encoded again. Returns how many were forgotten."""
+        older = None if older_than_days is None else older_than_days * 86400
+        return self.catalog.empty_trash(older_than=older)
+
+    def roots(self) -> list[RootRecord]:
+        """The folders indexed, as the last run saw them (online or offline, and why)."""
+        return self._reads.roots()
 
     def item(self, item_id: int) -> ItemRecord:
         """The catalog record of one item.
@@ -626,6 +666,40 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods, ExchangeMethod
         if record is None:
             raise ItemNotFoundError(item_id)
         return record
+
+    def open_item_file(self, item_id: int) -> IndexedFile:
+        """The file of item ``item_id``, opened, if it is still the content that was
+        indexed (see :func:`mmsearch.sources.files.open_indexed`): read its bytes from the
+        returned object (and close it), never from the path.
+
+        Raises:
+            ItemNotFoundError: no such item.
+            FileGoneError: it has no file (a text), or the file is gone.
+            FileChangedError: the file is not the indexed content any more.
+        """
+        rec = self.item(item_id)
+        if rec.modality != "image" or not rec.path:
+            raise FileGoneError(item_id, "a text item has no file")
+        return open_indexed(
+            rec.id, rec.path, rec.size, rec.mtime_ns, rec.content_hash, self._reads.file_hash
+        )
+
+    def thumbnail(self, item_id: int, size: int = 256) -> Path:
+        """A JPEG thumbnail of item ``item_id`` (longest side ``size`` rounded up to one of
+        :data:`~mmsearch.sources.thumbnails.THUMB_SIZES`), cached in the index directory by
+        content hash and made only from the verified file.
+
+        Raises:
+            ItemNotFoundError, FileGoneError, FileChangedError: as :meth:`open_item_file`.
+            QueryError: the file cannot be decoded.
+        """
+        rec = self.item(item_id)
+        side = thumb_size(size)
+        target = cached_thumbnail(self.path, rec.id, rec.content_hash, side)
+        if target.exists():  # made from this very content before
+            return target
+        with self.open_item_file(item_id) as source:
+            return make_thumbnail(source, target, side)
 
     def search_item(
         self,
@@ -845,7 +919,18 @@ class Index(LanguageMethods, ConversationMethods, RuntimeMethods, ExchangeMethod
                 Skipped(r.path, r.reason, remembered=True) for r in self._reads.skipped_files()
             ],
             text_encoders=[e.to_dict() for e in self.text_encoders()],
+            roots=[asdict(r) for r in self._reads.roots()],
+            trash=self._reads.trash_count(),
         )
+
+
+def _has_content(db: Path) -> bool:
+    """Whether the catalog file holds anything (or its write-ahead log does)."""
+    wal = db.with_name(db.name + "-wal")
+    try:
+        return db.stat().st_size > 0 or (wal.exists() and wal.stat().st_size > 0)
+    except FileNotFoundError:
+        return False
 
 
 def _merge(own: Filters, extra: Filters | None) -> Filters:

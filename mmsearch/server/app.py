@@ -17,13 +17,15 @@ from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..errors import (
+    FileChangedError,
+    FileGoneError,
     ImageTooLargeError,
     ItemNotFoundError,
     MMSearchError,
@@ -32,7 +34,8 @@ from ..errors import (
 )
 from ..results import Hit
 from .backend import MAX_DEPTH, Backend, Page
-from .images import MAX_UPLOAD_BYTES, decode_upload, thumb_size, thumbnail
+from .files import IndexedFileResponse
+from .images import MAX_UPLOAD_BYTES, decode_upload
 from .security import Policy, SecurityMiddleware
 from .sessions import add_session_api
 
@@ -96,7 +99,7 @@ class ErrorOut(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 404, 413, 421, 422)
+    code: {"model": ErrorOut} for code in (400, 401, 404, 409, 413, 421, 422)
 }
 
 
@@ -233,31 +236,26 @@ def _add_api(app: FastAPI, backend: Backend) -> None:
         size: Annotated[int, Query(ge=16, le=4096, description="Longest side wanted.")] = 256,
     ) -> FileResponse:
         """A JPEG thumbnail, upright (EXIF orientation applied), longest side rounded up to
-        one of 128, 256, 512, 1024 pixels; cached in the index directory."""
-        rec = _image(backend, item_id)
-        try:
-            path = thumbnail(
-                backend.path, rec.id, rec.content_hash, rec.path or "", thumb_size(size)
-            )
-        except FileNotFoundError as exc:
-            raise HTTPException(404, f"the file of item {item_id} is gone") from exc
+        one of 128, 256, 512, 1024 pixels; cached in the index directory by content hash,
+        and made only from a file that is still the indexed content (else 404 or 409)."""
+        _image(backend, item_id)
+        path = backend.thumbnail(item_id, size)
         return FileResponse(
             path, media_type="image/jpeg", headers={"cache-control": "private, max-age=86400"}
         )
 
-    @app.get("/api/items/{item_id}/file", response_class=FileResponse, tags=["items"])
-    def original(item_id: ItemId) -> FileResponse:
-        """The original file of an indexed image."""
+    @app.get("/api/items/{item_id}/file", response_class=Response, tags=["items"])
+    def original(item_id: ItemId, request: Request) -> Response:
+        """The original file of an indexed image, only while it is still the content that
+        was indexed (404 when gone, 409 when changed: run `mmsearch index`). Single byte
+        ranges (``Range: bytes=…``) are answered with 206."""
         rec = _image(backend, item_id)
-        path = Path(rec.path or "")
-        if not path.is_file():
-            raise HTTPException(404, f"the file of item {item_id} is gone")
-        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        name = Path(rec.path or "").name
+        media = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if not media.startswith("image/") or media == "image/svg+xml":
             media = "application/octet-stream"  # never let a file run as a page
-        return FileResponse(
-            path, media_type=media, filename=path.name, content_disposition_type="inline"
-        )
+        source = backend.open_file(item_id)
+        return IndexedFileResponse(source, media, request.headers, filename=name)
 
 
 def _image(backend: Backend, item_id: int) -> Any:
@@ -313,8 +311,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MMSearchError)
     async def library_error(request: Request, exc: MMSearchError) -> JSONResponse:
-        if isinstance(exc, ItemNotFoundError | SessionNotFoundError):
+        if isinstance(exc, ItemNotFoundError | SessionNotFoundError | FileGoneError):
             return _error(404, str(exc))
+        if isinstance(exc, FileChangedError):
+            return _error(409, str(exc))
         if isinstance(exc, ImageTooLargeError):
             return _error(413, str(exc))
         if isinstance(exc, QueryError):

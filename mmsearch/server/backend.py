@@ -27,12 +27,13 @@ from typing import Any
 
 from PIL import Image
 
-from ..catalog import ItemRecord
+from ..catalog_base import ItemRecord
 from ..errors import QueryError
 from ..index import TARGETS, Index
 from ..query import Query
 from ..refine import SessionInfo, Turn
 from ..results import Hit, IndexInfo
+from ..sources.files import IndexedFile
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +170,15 @@ class Backend:
             ItemNotFoundError: no such item.
         """
         return self.index.item(item_id)
+
+    def open_file(self, item_id: int) -> IndexedFile:
+        """The verified open file of an item (see :meth:`mmsearch.Index.open_item_file`);
+        no lock: it reads the catalog and the disk only."""
+        return self.index.open_item_file(item_id)
+
+    def thumbnail(self, item_id: int, size: int) -> Path:
+        """The cached thumbnail of an item, made from its verified file if needed."""
+        return self.index.thumbnail(item_id, size)
 
     def info(self) -> IndexInfo:
         """What the index holds (refreshes stale vector indexes, hence the lock)."""

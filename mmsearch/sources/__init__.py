@@ -1,0 +1,1 @@
+"""Where items come from: files on disk, and whether a file is still what was indexed."""
