@@ -28,11 +28,6 @@ class ExchangeMethods:
         callers that must never read a file outside the index (MCP) ask this first."""
         return self._reads.find_path(os.path.abspath(Path(path).expanduser()))
 
-    @property
-    def file_hash(self: Index) -> str:
-        """The content-hash algorithm of this index's catalog (``blake3`` …)."""
-        return self._reads.file_hash
-
     def item_tags(self: Index, item_id: int) -> list[tuple[str, float]]:
         """The tags of one item with their scores, best first (empty: none)."""
         return self._reads.tags_of([int(item_id)]).get(int(item_id), [])

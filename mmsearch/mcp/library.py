@@ -2,7 +2,7 @@
 
 Nothing here knows MCP: :mod:`.app` registers these methods as tools. Every answer is
 small (ids, paths, scores, k capped at :data:`MAX_K`, thumbnails at most
-:data:`MAX_THUMBNAILS` of :data:`~.thumbs.MAX_SIDE` px), and nothing outside the index's
+:data:`MAX_THUMBNAILS` of :data:`MAX_SIDE` px), and nothing outside the index's
 items is ever read: an image is named by item id, passed as bytes, or given as the path
 of an *indexed* file (any other path is refused without being opened). No tool writes the
 index except session state (the turns of a refinement), which is search state.
@@ -27,11 +27,12 @@ from PIL import Image
 from ..errors import ImageTooLargeError, QueryError
 from ..query import Filters, Query, Term, parse_date
 from ..results import Hit
-from .thumbs import MAX_SIDE, thumbnail_jpeg
 
 if TYPE_CHECKING:
     from ..index import Index
 
+#: Longest side of a thumbnail sent as image content, in pixels.
+MAX_SIDE = 256
 #: Most hits one call returns.
 MAX_K = 50
 #: Most thumbnails one call returns.
@@ -239,10 +240,20 @@ class Library:
 
 
 def item_thumbnail(index: Index, item_id: int, size: int = MAX_SIDE) -> bytes:
-    """The JPEG thumbnail of indexed image ``item_id`` (the one place thumbnails come from;
-    switches to the index's own verified thumbnails once it has them)."""
-    record = index.item(item_id)
-    return thumbnail_jpeg(record, index.file_hash, size)
+    """The JPEG thumbnail of indexed image ``item_id``, longest side at most MAX_SIDE: the
+    index's own (made only from a file verified to be the indexed content, cached in the
+    index directory). Only that cache file is read here."""
+    side = max(16, min(int(size), MAX_SIDE))
+    path = index.thumbnail(item_id, side)
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        if max(img.size) <= MAX_SIDE:
+            return data
+        small = img.convert("RGB")
+    small.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=80)
+    return out.getvalue()
 
 
 def _item_image(index: Index, item_id: int) -> Image.Image:
