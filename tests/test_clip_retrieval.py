@@ -170,3 +170,33 @@ def test_clip_front_searches_mmsearch(
         captions = [shapes.caption(index.item(i).path) for i in ids]
     assert captions[0] == "a red circle", captions
     assert captions.count("a red circle") >= 3, captions
+
+
+@pytest.mark.slow  # the shapes index of this module
+def test_image_url_only_with_the_flag(shapes: ShapesIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMSEARCH_QUERY_RUNTIME", "torch")
+    red = next(p for p, c in shapes.captions.items() if c == "a red circle")
+    port = free_port()
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(Path(red).parent)
+    )
+    static = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=static.serve_forever, daemon=True).start()
+    query = {
+        "image_url": f"http://127.0.0.1:{port}/{Path(red).name}",
+        "modality": "image",
+        "num_images": 3,
+        "indice_name": "idx",
+    }
+    try:
+        for allowed in (False, True):
+            app = build_app(shapes.index_dir, "127.0.0.1", None, image_urls=allowed)
+            with live_server(app) as base:
+                r = httpx.post(f"{base}/knn-service", content=json.dumps(query))
+            if not allowed:
+                assert r.status_code == 400 and "--clip-image-url" in r.json()["error"]
+            else:
+                assert r.status_code == 200, r.text
+                assert shapes.caption(r.json()[0]["image_path"]) == "a red circle"
+    finally:
+        static.shutdown()

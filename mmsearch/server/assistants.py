@@ -46,13 +46,16 @@ def mount_mcp(app: Any, backend: Backend) -> None:
 CLIP_MAX_RESULTS = 1000
 
 
-def add_clip_api(app: Any, backend: Backend, name: str | None = None) -> None:
+def add_clip_api(
+    app: Any, backend: Backend, name: str | None = None, image_urls: bool = False
+) -> None:
     """clip-retrieval's ``clip back`` API: ``POST /knn-service``, ``POST /metadata``,
     ``GET /indices-list``, with the fields its front end and client send (bodies are JSON,
     whatever the content type: the front end posts ``text/plain``). Each image result's
-    ``url`` is this server's thumbnail route. ``image_url`` is refused (this server fetches
-    nothing from the network), as is ``embedding_input``; the safety, aesthetic and
-    mclip fields are accepted and have no effect."""
+    ``url`` is this server's thumbnail route. ``image_url`` is refused unless
+    ``image_urls`` (the server then fetches it; else it fetches nothing from the network),
+    ``embedding_input`` always; the safety, aesthetic and mclip fields are accepted and
+    have no effect."""
     import json
 
     from anyio import to_thread
@@ -95,9 +98,13 @@ def add_clip_api(app: Any, backend: Backend, name: str | None = None) -> None:
     async def knn_service(request: Request) -> list[dict[str, Any]]:
         """Nearest neighbours of a text or a base64 image (clip-retrieval's fields)."""
         data = await body(request)
-        for unsupported in ("image_url", "embedding_input"):
-            if data.get(unsupported):
-                raise QueryError(f"{unsupported} is not accepted: send text or image (base64)")
+        if data.get("embedding_input"):
+            raise QueryError("embedding_input is not accepted: send text or image (base64)")
+        if data.get("image_url") and not image_urls:
+            raise QueryError(
+                "image_url is not accepted (this server fetches nothing unless started with "
+                "--clip-image-url): send image as base64"
+            )
         # use_safety_model / use_violence_detector / use_mclip / aesthetic_*: accepted and
         # without effect (no such models here; the front end sends them on by default).
         target = data.get("modality") or "image"
@@ -115,8 +122,12 @@ def add_clip_api(app: Any, backend: Backend, name: str | None = None) -> None:
             raw = _b64(str(image), MAX_UPLOAD_BYTES)
             decoded = await to_thread.run_sync(decode_upload, raw)
             page = await to_thread.run_sync(backend.search_image, decoded, target, k, 0)
+        elif data.get("image_url"):
+            raw = await to_thread.run_sync(_fetch, str(data["image_url"]), MAX_UPLOAD_BYTES)
+            decoded = await to_thread.run_sync(decode_upload, raw)
+            page = await to_thread.run_sync(backend.search_image, decoded, target, k, 0)
         else:
-            raise QueryError("must fill one of text and image")
+            raise QueryError("must fill one of text, image and image_url")
         out = []
         for n, hit in enumerate(page.hits):
             row: dict[str, Any] = meta(request, hit.id) if n < num_images else {}
@@ -150,3 +161,23 @@ def _b64(data: str, limit: int) -> bytes:
         return base64.b64decode(data)
     except (binascii.Error, ValueError) as exc:
         raise QueryError(f"the image is not valid base64: {exc}") from exc
+
+
+def _fetch(url: str, limit: int) -> bytes:
+    """The bytes at an http(s) ``url`` (10 s, at most ``limit`` bytes): ``image_url``."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from ..errors import ImageTooLargeError, QueryError
+
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise QueryError("image_url must be an http or https URL")
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - scheme checked
+            data = response.read(limit + 1)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise QueryError(f"cannot fetch image_url: {exc}") from exc
+    if len(data) > limit:
+        raise ImageTooLargeError(f"image_url gives over {limit:,} bytes")
+    return data

@@ -48,6 +48,13 @@ ENV_TOKEN = "MMSEARCH_TOKEN"
     help="Origin of another site whose pages may call this server (CORS), e.g. the "
     "clip-retrieval front end's http://127.0.0.1:8080; repeatable.",
 )
+@click.option(
+    "--clip-image-url",
+    "clip_image_urls",
+    is_flag=True,
+    help="Let /knn-service fetch the image_url a request names (off: the server "
+    "fetches nothing from the network).",
+)
 def serve_cmd(
     index_dir: Path | None,
     host: str,
@@ -57,6 +64,7 @@ def serve_cmd(
     allowed_hosts: tuple[str, ...],
     device: str | None,
     allow_origins: tuple[str, ...] = (),
+    clip_image_urls: bool = False,
 ) -> None:
     """Serve a web page and a JSON API to search the index (until Ctrl-C).
 
@@ -78,7 +86,15 @@ def serve_cmd(
     # work burn the cores the other requests need (measured: bench/serve.py). Must be set
     # before faiss loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    app = build_app(index_dir, host, token, allowed_hosts, device, origins=allow_origins)
+    app = build_app(
+        index_dir,
+        host,
+        token,
+        allowed_hosts,
+        device,
+        origins=allow_origins,
+        image_urls=clip_image_urls,
+    )
     url = _url(host, port, token)
     click.echo(f"mmsearch: serving {app.state.backend.path} at {url}")
     if token:
@@ -95,6 +111,7 @@ def build_app(
     device: str | None = None,
     mcp: bool = True,
     origins: tuple[str, ...] = (),
+    image_urls: bool = False,
 ) -> Any:
     """Open the index (model loaded once, now) and build the app for a ``host`` bind
     (with the MCP endpoint at ``/mcp`` unless ``mcp`` is False)."""
@@ -122,7 +139,7 @@ def build_app(
     app = create_app(backend, policy)
     from .assistants import add_clip_api
 
-    add_clip_api(app, backend)  # clip-retrieval's back-end API
+    add_clip_api(app, backend, image_urls=image_urls)  # clip-retrieval's back-end API
     if mcp and importlib.util.find_spec("mcp") is not None:  # the assistants extra
         from .assistants import mount_mcp
 
