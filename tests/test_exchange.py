@@ -95,3 +95,40 @@ def test_export_then_import_gives_the_same_top10(
     done = CliRunner().invoke(cli, ["import", str(out), "--index", str(other)])
     assert done.exit_code != 0
     assert "model" in done.output.lower(), done.output
+
+
+@pytest.mark.slow  # the shapes index of this module
+def test_import_of_a_foreign_export_needs_its_model(
+    shapes: ShapesIndex, shapes_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MMSEARCH_QUERY_RUNTIME", "torch")
+    out = tmp_path / "export"
+    invoke("export", str(out), "--index", str(shapes.index_dir))
+    (out / "mmsearch_model.json").unlink()  # as clip-retrieval writes it: no model record
+    fresh = tmp_path / "fresh"
+    done = CliRunner().invoke(cli, ["import", str(out), "--index", str(fresh)])
+    assert done.exit_code != 0 and "--model" in done.output, done.output
+    model_dir, _, _ = shapes_model
+    summary = json.loads(
+        invoke("import", str(out), "--index", str(fresh), "--model", str(model_dir), "--json")
+    )
+    assert summary["added"] == len(shapes.captions) + len(set(shapes.captions.values()))
+    texts = queries(shapes)
+    assert top10(fresh, texts) == top10(shapes.index_dir, texts)
+
+
+def test_import_refuses_embeddings_of_another_dimension(tmp_path: Path) -> None:
+    out = tmp_path / "foreign"  # what clip-retrieval writes, 7 dimensions
+    for folder in ("img_emb", "metadata"):
+        (out / folder).mkdir(parents=True)
+    np.save(out / "img_emb" / "img_emb_0.npy", np.ones((2, 7), np.float16))
+    table = pa.table({"image_path": ["/a.jpg", "/b.jpg"], "caption": ["a", "b"]})
+    pq.write_table(table, out / "metadata" / "metadata_0.parquet")
+    done = CliRunner().invoke(
+        cli, ["import", str(out), "--index", str(tmp_path / "i"), "--model", TINY]
+    )
+    assert done.exit_code != 0 and "7 dimensions" in done.output, done.output
+    assert (
+        not (tmp_path / "i" / "catalog.db").exists()
+        or mmsearch.Index.open(tmp_path / "i").info().images == 0
+    )

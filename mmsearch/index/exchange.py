@@ -93,7 +93,9 @@ class ExchangeMethods:
     def _import_model(self: Index, exported: dict[str, Any] | None, dim: int) -> dict[str, Any]:
         """The model record the imported embeddings are stored under, checked."""
         stored = self.model_info
-        asked = model_record(self._requested, dim) if self._requested is not None else None
+        asked = None
+        if self._requested is not None:  # its real dimension: the model is loaded to know it
+            asked = model_record(self._requested, self.encoder().dim)
         record = exported or stored or asked
         if record is None:
             raise MMSearchError(
